@@ -1,0 +1,291 @@
+"""The batch manager: runs journaled jobs through the API's asynchronous batch service.
+
+Each step the API would see is journaled first (journal.py), so after a crash at any
+phase the restarted daemon carries on with the same operation. Jobs run in whichever
+process holds `state_dir/batch.lock`; a replica sharing the state_dir takes over when
+that process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+
+from . import metrics, presigned
+from .api import ApiCaller, ApiError, QuotaExhausted
+from .catalog import ModelCatalog, refusal_for
+from .batch_replies import batch_reply
+from .claimcheck import ClaimCheckError, read_records, resolve_inside
+from .config import Settings
+from .journal import Job, Journal, Part
+from .logs import get_logger
+from .replies import ReplyPublisher
+from .results import JobFailed
+from .spool import spool
+from .token import TokenUnavailable
+
+MAX_OPERATIONS = 3  # per part: a timed-out or lost operation is replaced this many times
+MAX_URL_REFRESHES = 3
+
+log = get_logger("coderd.batch")
+
+
+class BatchManager:
+    def __init__(self, settings: Settings, caller: ApiCaller, catalog: ModelCatalog,
+                 session: aiohttp.ClientSession, publisher: ReplyPublisher) -> None:
+        self.settings, self.caller, self.catalog = settings, caller, catalog
+        self.session, self.publisher = session, publisher
+        self.journal = Journal(settings.state_dir)
+        self.running: dict[str, asyncio.Task] = {}
+        self._lock_fd: int | None = None
+        self._scanner: asyncio.Task | None = None
+
+    # --- which process runs jobs --------------------------------------------------
+
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock_fd is not None
+
+    async def start(self) -> None:
+        self.journal.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.journal.root.parent / "batch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("batch_standby", reason="another coderd process runs the batch jobs in this state_dir")
+            self._scanner = asyncio.create_task(self._wait_for_lock(fd))
+            return
+        self._took_lock(fd)
+
+    async def _wait_for_lock(self, fd: int) -> None:
+        # A blocking flock returns when the holder exits. It runs in a daemon thread, not
+        # the loop's executor, so a shutdown never waits for it.
+        loop, acquired = asyncio.get_running_loop(), asyncio.Event()
+        threading.Thread(target=lambda: (fcntl.flock(fd, fcntl.LOCK_EX), loop.call_soon_threadsafe(acquired.set)),
+                         name="batch-lock", daemon=True).start()
+        await acquired.wait()
+        self._took_lock(fd)
+
+    def _took_lock(self, fd: int) -> None:
+        self._lock_fd = fd
+        self.journal.remove_orphans()
+        self._scanner = asyncio.get_running_loop().create_task(self._scan_forever())
+
+    async def _scan_forever(self) -> None:
+        # Jobs journaled by another replica (one that became the active consumer while
+        # this process held the lock) are picked up on the next scan.
+        while True:
+            for job in self.journal.jobs():
+                self._spawn(job)
+            await asyncio.sleep(self.settings.batch_poll_seconds)
+
+    def submit(self, job: Job) -> None:
+        """Run a job that has just been journaled (the request is acked already)."""
+        if self.holds_lock:
+            self._spawn(job)
+
+    def _spawn(self, job: Job) -> None:
+        if job.job_id in self.running:
+            return
+        task = asyncio.get_running_loop().create_task(self._run(job), name=f"batch-{job.job_id}")
+        self.running[job.job_id] = task
+        task.add_done_callback(lambda _t: self.running.pop(job.job_id, None))
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._scanner, *self.running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()  # every phase is journaled: the next start resumes it
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- one job ------------------------------------------------------------------
+
+    def _phase(self, job: Job, phase: str, **fields) -> None:
+        job.phase = phase
+        self.journal.save(job)
+        log.info("batch_phase", job_id=job.job_id, phase=phase, correlation_id=job.correlation_id,
+                 records=job.total, **fields)
+
+    def _recover_files(self, job: Job) -> None:
+        """Never leave the journal pointing at missing files: what is gone is redone."""
+        directory = self.journal.directory(job)
+        if job.phase == "spooling" or job.failure is not None:
+            return
+        manifest_lost = not (directory / "manifest.jsonl").exists()
+        spool_lost = any(not p.uploaded and not (directory / p.spool).exists() for p in job.parts)
+        if manifest_lost or spool_lost:
+            log.warning("batch_files_missing", job_id=job.job_id, phase=job.phase, action="spooling again")
+            job.parts, job.phase = [], "spooling"
+            self.journal.save(job)
+            return
+        for part in job.parts:
+            if part.result is not None and not (directory / part.result).exists():
+                part.result = None  # downloaded again from a fresh URL
+        self.journal.save(job)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            self._recover_files(job)
+            if job.failure is None:
+                try:
+                    if job.phase == "spooling":
+                        await self._spool(job)
+                    for index, part in enumerate(job.parts):
+                        await self._code_part(job, index, part)
+                except JobFailed as failure:
+                    job.failure = {"code": failure.code, "message": failure.message}
+                if job.phase != "delivering":
+                    self._phase(job, "delivering")
+            await self._deliver(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch_job_error", job_id=job.job_id)  # left journaled: retried on the next scan
+
+    async def _spool(self, job: Job) -> None:
+        directory = self.journal.directory(job)
+        if job.kind == "file":
+            try:
+                source = resolve_inside(self.settings.inbox_dir, job.input_file, must_exist=True)
+            except ClaimCheckError as exc:
+                raise JobFailed(exc.code, str(exc)) from None
+            records = lambda: read_records(source)  # noqa: E731 - built in the worker thread
+        else:
+            raw = json.loads((directory / "request.json").read_text())
+            records = lambda: ((r, None) for r in raw)  # noqa: E731
+        try:
+            summary = await asyncio.to_thread(lambda: spool(records(), directory))
+        except ClaimCheckError as exc:
+            raise JobFailed(exc.code, str(exc)) from None
+        job.total, job.invalid = summary.total, summary.invalid
+        job.parts = [Part(p.path.name, p.records, p.size) for p in summary.parts]
+        self._phase(job, "creating" if job.parts else "delivering", parts=len(job.parts), invalid=job.invalid)
+
+    async def _api(self, method: str, path: str):
+        """A /v1 call for a job: waits out the quota, tokens and transient errors."""
+        attempt = 0
+        while True:
+            try:
+                return await self.caller.call(method, path)
+            except QuotaExhausted:
+                await self.caller.ledger.wait_for_reset()
+            except TokenUnavailable as exc:
+                await asyncio.sleep(exc.retry_after)
+            except ApiError as error:
+                metrics.api_errors.labels(str(error.status or "none")).inc()
+                if error.quota_exhausted:
+                    self.caller.ledger.mark_exhausted()
+                    continue
+                refusal = refusal_for(error)
+                if refusal is not None:
+                    raise JobFailed(refusal.code, refusal.message) from None
+                if not error.transient and error.status not in (401, 404):
+                    raise JobFailed("upstream_error", f"coding API answered {error}") from None
+                if error.status in (401, 404):
+                    raise
+                attempt += 1
+                await asyncio.sleep(min(self.settings.batch_poll_seconds, 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1))
+
+    def _topic_path(self, job: Job) -> str:
+        return f"/topics/{quote(job.topic, safe='')}"
+
+    async def _create(self, job: Job, part: Part) -> None:
+        if part.operations >= MAX_OPERATIONS:
+            raise JobFailed("batch_failed", f"the batch service lost or timed out {MAX_OPERATIONS} operations")
+        if job.resolved_model is None:
+            job.resolved_model = job.model or self.catalog.latest(job.topic) or await self._resolve(job)
+        part.operations += 1
+        self.journal.save(job)  # the attempt counts even if we crash right after the call
+        created = await self._api("POST", f"{self._topic_path(job)}/models/{quote(job.resolved_model, safe='')}/batch-code")
+        part.operation_id, part.kms_key, part.upload_url = (
+            created["operationId"], created["bucketKmsKeyArn"], created["requestUploadUrl"])
+        part.uploaded, part.result = False, None
+        self._phase(job, "uploading", operation_id=part.operation_id)
+
+    async def _resolve(self, job: Job) -> str:
+        try:
+            return await self.catalog.resolve(job.topic)
+        except ApiError as error:
+            refusal = refusal_for(error)
+            if refusal is not None:
+                raise JobFailed(refusal.code, refusal.message) from None
+            raise
+
+    async def _status(self, job: Job, part: Part) -> dict:
+        return await self._api("GET", f"{self._topic_path(job)}/batch-code/operations/{part.operation_id}")
+
+    async def _code_part(self, job: Job, index: int, part: Part) -> None:
+        directory = self.journal.directory(job)
+        while part.result is None:
+            if part.operation_id is None:
+                await self._create(job, part)
+            try:
+                status = await self._status(job, part)
+            except ApiError:  # 401/404: the operation is gone
+                part.operation_id = None
+                continue
+            state = status.get("operationStatus")
+            if state == "awaiting_input" and not part.uploaded:
+                await self._upload(job, part, directory)
+            elif state == "timed_out" or (state == "awaiting_input" and part.uploaded):
+                log.warning("batch_operation_replaced", job_id=job.job_id, operation_id=part.operation_id, status=state)
+                part.operation_id = None
+            elif state == "failed":
+                raise JobFailed("batch_failed", status.get("error") or "the batch operation failed")
+            elif state == "complete":
+                await self._download(job, index, part, status, directory)
+            else:  # in_progress
+                if not part.uploaded:
+                    part.uploaded = True
+                    self._phase(job, "polling", operation_id=part.operation_id)
+                await asyncio.sleep(self.settings.batch_poll_seconds * random.uniform(0.9, 1.1))
+
+    async def _upload(self, job: Job, part: Part, directory: Path) -> None:
+        try:
+            await presigned.upload(self.session, part.upload_url, part.kms_key, directory / part.spool)
+        except presigned.TransferError as exc:
+            log.warning("batch_upload_failed", job_id=job.job_id, operation_id=part.operation_id, error=str(exc))
+            await asyncio.sleep(min(self.settings.batch_poll_seconds, 30))
+            return  # the status decides: upload again, or a new operation
+        part.uploaded = True
+        self._phase(job, "polling", operation_id=part.operation_id, bytes=part.size)
+
+    async def _download(self, job: Job, index: int, part: Part, status: dict, directory: Path) -> None:
+        if job.phase != "downloading":
+            self._phase(job, "downloading", operation_id=part.operation_id)
+        name = f"result-{index:03d}.jsonl"
+        for _ in range(MAX_URL_REFRESHES):
+            try:
+                await presigned.download(self.session, status["responseDownloadUrl"], directory / name)
+                part.result = name
+                self.journal.save(job)
+                return
+            except presigned.TransferError as exc:
+                log.warning("batch_download_failed", job_id=job.job_id, operation_id=part.operation_id, error=str(exc))
+                if not exc.expired:
+                    await asyncio.sleep(min(self.settings.batch_poll_seconds, 30))
+                status = await self._status(job, part)  # a fresh URL
+                if status.get("operationStatus") != "complete":
+                    return
+        raise JobFailed("batch_failed", "the batch output could not be downloaded")
+
+    async def _deliver(self, job: Job) -> None:
+        directory = self.journal.directory(job)
+        reply = await asyncio.to_thread(batch_reply, job, directory, self.settings.outbox_dir)
+        await self.publisher.publish(reply, job.reply_to, job.correlation_id)
+        metrics.observe_reply(reply, time.time() - job.created_at)
+        self.journal.remove(job)
+        log.info("request_done", correlation_id=job.correlation_id, status=reply["status"], route="batch",
+                 records=job.total, job_id=job.job_id,
+                 error=reply["error"]["code"] if reply.get("error") else None)

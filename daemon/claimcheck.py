@@ -1,0 +1,255 @@
+"""Claim-check files: resolving names inside the inbox/outbox, streaming records in, and
+writing an output file completely or not at all.
+
+Blocking file IO on purpose: these run inside `asyncio.to_thread`. Nothing here holds
+more than one record (or one line) in memory, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+MAX_LINE_BYTES = 1 << 20  # a longer JSONL line is reported as malformed, not read whole
+_RAW_TEXT_CHARS = 1000    # how much of a malformed line is kept for the caller
+_BUFFER = 1 << 20
+_TEXT_FIELDS = ("occp_text", "tasks_text")
+
+
+class ClaimCheckError(Exception):
+    """A claim-check request that cannot be served; `code` is the reply's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def resolve_inside(base: Path, name: str, *, must_exist: bool, label: str = "file") -> Path:
+    """The real path of `name` (relative to `base`), refused if it leaves `base`.
+
+    Symlinks are followed, so a link inside `base` pointing out of it is refused. The
+    returned path is the resolved one: open that, not base / name. Messages name `name`
+    (as the producer wrote it), never the absolute base.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ClaimCheckError("path_not_allowed", f"{label} name is empty")
+    if "\x00" in name:
+        raise ClaimCheckError("path_not_allowed", f"{label} {name!r} contains a NUL character")
+    if PurePosixPath(name).is_absolute() or Path(name).is_absolute():
+        raise ClaimCheckError("path_not_allowed", f"{label} {name!r} is absolute; it must be relative to its directory")
+    root = Path(base).resolve()
+    try:
+        target = (root / name).resolve()
+    except (OSError, RuntimeError) as exc:  # symlink loops
+        raise ClaimCheckError("path_not_allowed", f"{label} {name!r} cannot be resolved: {exc.__class__.__name__}") from None
+    if target == root or not target.is_relative_to(root):
+        raise ClaimCheckError("path_not_allowed", f"{label} {name!r} is outside its directory")
+    if must_exist:
+        if not target.is_file():
+            raise ClaimCheckError("input_not_found", f"{label} {name!r} does not exist or is not a regular file")
+    elif target.exists() and not target.is_file():
+        raise ClaimCheckError("path_not_allowed", f"{label} {name!r} exists and is not a regular file")
+    return target
+
+
+def default_output_name(input_name: str) -> str:
+    """'census/sample.jsonl' -> 'census/sample.coded.jsonl'; 'noext' -> 'noext.coded.jsonl'."""
+    path = PurePosixPath(input_name)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return str(path.with_name(f"{stem}.coded.jsonl"))
+
+
+# --- reading records ----------------------------------------------------------------
+
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
+               list: "array", dict: "object"}
+
+
+def json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def record_problem(raw: Any) -> str | None:
+    """Why `raw` is not a record by messages.Record's rules (texts str or null, recordId
+    str/number/null), or None. A fast hand check: equivalent to Record for JSON values."""
+    if not isinstance(raw, dict):
+        return f"a record must be a JSON object, not {json_type(raw)}"
+    for key in _TEXT_FIELDS:
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{key} must be a string or null, not {json_type(value)}"
+    rid = raw.get("recordId")
+    if rid is not None and not isinstance(rid, (str, int, float)):
+        return f"recordId must be a string, a number or null, not {json_type(rid)}"
+    return None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decode = json.JSONDecoder(parse_constant=_no_constants).decode  # strict JSON: no NaN/Infinity
+
+
+def _parse_line(text: str, number: int) -> tuple[Any, str | None]:
+    try:
+        raw = _decode(text)
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, ints too long to convert
+        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return text, f"line {number} is not valid JSON: {detail}"
+    if not isinstance(raw, dict):
+        return text, f"line {number} is not a JSON object: it is {json_type(raw)}"
+    problem = record_problem(raw)
+    if problem is not None:  # an object: keep it, so its recordId can still be echoed
+        return raw, f"line {number}: {problem}"
+    return raw, None
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[Any, str | None]]:
+    # Binary, split on b"\n" only (never on a stray \r or U+2028), decoded per line with
+    # errors="replace" so one bad byte spoils one line, not the file.
+    with open(path, "rb", buffering=_BUFFER) as source:
+        number = 0
+        while True:
+            line = source.readline(MAX_LINE_BYTES)
+            if not line:
+                return
+            number += 1
+            if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+                head = line[:_RAW_TEXT_CHARS].decode("utf-8", "replace")
+                while (more := source.readline(MAX_LINE_BYTES)) and not more.endswith(b"\n"):
+                    pass
+                yield head, f"line {number} is longer than {MAX_LINE_BYTES} bytes"
+                continue
+            if line.isspace():
+                continue
+            text = line.decode("utf-8", "replace")
+            if number == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            yield _parse_line(text.rstrip("\r\n"), number)
+
+
+def _blank(row: list[str]) -> bool:
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as source:
+        try:
+            header = next((row for row in csv.reader(source) if not _blank(row)), None)
+        except csv.Error as exc:
+            raise ClaimCheckError("invalid_message", f"the CSV header row cannot be read: {exc}") from None
+    if header is None:
+        raise ClaimCheckError("invalid_message", "the CSV file is empty: it needs a header row naming "
+                                                 "occp_text and tasks_text")
+    names = [name.strip() for name in header]
+    missing = [key for key in _TEXT_FIELDS if key not in names]
+    if missing:
+        found = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise ClaimCheckError("invalid_message", f"the CSV header has no {' or '.join(missing)} column "
+                                                 f"(it names: {found[:300]})")
+    return names
+
+
+def _read_csv(path: Path, names: list[str]) -> Iterator[tuple[Any, str | None]]:
+    width = len(names)
+    with open(path, encoding="utf-8-sig", errors="replace", newline="", buffering=_BUFFER) as source:
+        reader = csv.reader(source)
+        seen_header, last_line = False, 0
+        while True:
+            start = last_line + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field over csv.field_size_limit(); the reader resets per row
+                last_line = reader.line_num
+                yield "", f"line {start} is not valid CSV: {exc}"
+                continue
+            last_line = reader.line_num
+            if _blank(row):
+                continue
+            if not seen_header:
+                seen_header = True
+                continue
+            if len(row) > width:
+                if any(cell.strip() for cell in row[width:]):
+                    yield ",".join(row)[:_RAW_TEXT_CHARS], (f"line {start} has {len(row)} fields but the header "
+                                                            f"has {width} (an unquoted comma?)")
+                    continue
+                row = row[:width]
+            elif len(row) < width:
+                row = row + [""] * (width - len(row))
+            raw = dict(zip(names, row))
+            if "recordId" in raw and not raw["recordId"]:
+                del raw["recordId"]
+            yield raw, None
+
+
+def read_records(path: Path) -> Iterator[tuple[Any, str | None]]:
+    """(raw, None) per record, or (raw, error) for a malformed one, in file order: raw is
+    the line's text, or the parsed object when only its field types are wrong (so its
+    recordId can be echoed). Error messages start with the 1-based file line number.
+
+    '.csv' (any case) is CSV with a header naming occp_text and tasks_text (checked now:
+    ClaimCheckError('invalid_message')); anything else is JSONL, blank lines skipped.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path, _csv_header(path))
+    return _read_jsonl(path)
+
+
+# --- writing the output -------------------------------------------------------------
+
+class OutputFile:
+    """Write `final` completely or not at all: lines go to a hidden temp file in the same
+    directory, which replaces `final` (after fsync) only when the `with` block succeeds."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = Path(final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.temp = self.final.with_name(f".{self.final.name}.partial-{uuid.uuid4().hex}")
+        self.lines = 0
+        self._file = None
+
+    def __enter__(self) -> "OutputFile":
+        # backslashreplace: a lone surrogate (from a JSON "\ud800" escape, written with
+        # ensure_ascii=False) becomes the same escape again instead of failing the file.
+        self._file = open(self.temp, "w", encoding="utf-8", errors="backslashreplace", buffering=_BUFFER)
+        return self
+
+    def write_line(self, line: str) -> None:
+        """One line; the newline is added here."""
+        self._file.write(line)
+        self._file.write("\n")
+        self.lines += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        file, self._file = self._file, None
+        try:
+            if exc_type is None:
+                file.flush()
+                os.fsync(file.fileno())
+            file.close()
+            if exc_type is None:
+                os.replace(self.temp, self.final)
+                fsync_dir(self.final.parent)
+        except BaseException:
+            file.close()
+            self.temp.unlink(missing_ok=True)
+            raise
+        if exc_type is not None:
+            self.temp.unlink(missing_ok=True)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

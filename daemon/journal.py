@@ -1,0 +1,115 @@
+"""The batch journal: each job's progress in state_dir, written before every step the
+API would see, so a restarted daemon resumes the same operation instead of starting over."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .quota import write_atomically
+
+# spooling -> creating -> uploading -> polling -> downloading -> delivering (then removed)
+PHASES = ("spooling", "creating", "uploading", "polling", "downloading", "delivering")
+
+
+@dataclass
+class Part:
+    """One spool file and the API operation that codes it (the API takes 5 GB a file)."""
+
+    spool: str
+    records: int
+    size: int
+    operation_id: str | None = None
+    kms_key: str | None = None
+    upload_url: str | None = None  # presigned: kept only here (mode 0600), never logged
+    uploaded: bool = False
+    result: str | None = None  # downloaded output file, in the job directory
+    operations: int = 0  # how many operations were created for this part
+
+
+@dataclass
+class Job:
+    job_id: str
+    correlation_id: str
+    reply_to: str | None
+    topic: str
+    model: str | None  # as requested; None: the topic's latest
+    kind: str  # "record", "records" or "file"
+    suggestions: int = 3
+    input_file: str | None = None
+    output_file: str | None = None
+    phase: str = "spooling"
+    created_at: float = field(default_factory=time.time)
+    resolved_model: str | None = None
+    parts: list[Part] = field(default_factory=list)
+    total: int = 0
+    invalid: int = 0
+    failure: dict | None = None  # {"code", "message"}: deliver a failed reply
+
+    @classmethod
+    def new(cls, **fields) -> "Job":
+        return cls(job_id=uuid.uuid4().hex, **fields)
+
+
+class Journal:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir) / "jobs"
+
+    def directory(self, job: Job) -> Path:
+        return self.root / job.job_id
+
+    def create(self, job: Job, inline_records: list | None) -> None:
+        """Journal a new job durably (its records too, when they came inline): after this
+        the request message can be acked."""
+        directory = self.directory(job)
+        directory.mkdir(parents=True, exist_ok=True)
+        if inline_records is not None:
+            with open(directory / "request.json", "w") as handle:
+                json.dump(inline_records, handle, separators=(",", ":"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        self.save(job)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def save(self, job: Job) -> None:
+        directory = self.directory(job)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(directory / "job.json", json.dumps(asdict(job)), mode=0o600)
+
+    def load(self, directory: Path) -> Job | None:
+        try:
+            data = json.loads((directory / "job.json").read_text())
+            data["parts"] = [Part(**p) for p in data.get("parts", [])]
+            return Job(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def jobs(self) -> list[Job]:
+        """Every journaled job, oldest first. A directory without a readable job.json
+        was never acknowledged to anyone: it is left for remove_orphans()."""
+        if not self.root.is_dir():
+            return []
+        found = [job for d in self.root.iterdir() if d.is_dir() and (job := self.load(d)) is not None]
+        return sorted(found, key=lambda j: j.created_at)
+
+    def remove(self, job: Job) -> None:
+        shutil.rmtree(self.directory(job), ignore_errors=True)
+
+    def remove_orphans(self) -> int:
+        """Directories whose job.json never got written (a crash before the first save)."""
+        removed = 0
+        if self.root.is_dir():
+            for directory in self.root.iterdir():
+                if directory.is_dir() and not (directory / "job.json").exists():
+                    shutil.rmtree(directory, ignore_errors=True)
+                    removed += 1
+        return removed

@@ -1,0 +1,86 @@
+"""Prometheus metrics (prometheus_client), on a registry of coderd's own.
+
+Counters and histograms are updated where things happen; gauges of live state (quota,
+token, limiter, consumer) are read from the running objects when scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+requests = Counter("coderd_requests", "Requests answered, by route and outcome",
+                   ["route", "status", "error"], registry=REGISTRY)
+records = Counter("coderd_records", "Records answered, by route and codeStatus",
+                  ["route", "outcome"], registry=REGISTRY)
+coding_calls = Counter("coderd_coding_calls", "Real-time coding calls made", registry=REGISTRY)
+records_per_call = Histogram("coderd_records_per_call", "Records carried by each real-time coding call",
+                             buckets=(1, 10, 50, 100, 200, 250, 299, 300), registry=REGISTRY)
+api_errors = Counter("coderd_api_errors", "Failed /v1 calls, by HTTP status (none: no answer)",
+                     ["status"], registry=REGISTRY)
+reply_latency = Histogram("coderd_reply_latency_seconds", "From delivery to confirmed reply, by route",
+                          ["route"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+                          registry=REGISTRY)
+throttle_wait = Gauge("coderd_throttle_wait_seconds", "Seconds calls have waited for a limiter slot, in total",
+                      registry=REGISTRY)
+quota_used = Gauge("coderd_quota_used", "Calls to /v1 counted today (UTC)", registry=REGISTRY)
+quota_remaining = Gauge("coderd_quota_remaining", "Calls to /v1 left today (UTC)", registry=REGISTRY)
+token_age = Gauge("coderd_token_age_seconds", "Age of the shared token (-1: none)", registry=REGISTRY)
+token_requests = Gauge("coderd_token_requests", "Token requests made by this process", registry=REGISTRY)
+queue_depth = Gauge("coderd_request_queue_depth", "Requests waiting in the request queue (-1: unknown)",
+                    registry=REGISTRY)
+consumer_state = Gauge("coderd_consumer", "1 for the consumer's current state",
+                       ["state"], registry=REGISTRY)
+broker_connected = Gauge("coderd_broker_connected", "1 when connected to the broker", registry=REGISTRY)
+batch_jobs = Gauge("coderd_batch_jobs", "Journaled batch jobs, by phase", ["phase"], registry=REGISTRY)
+
+CONSUMER_STATES = ("active", "waiting", "paused", "stopped")
+
+
+class RecentCalls:
+    """Coding calls and records in the last minute, for `coderd status`."""
+
+    def __init__(self) -> None:
+        self._calls: deque[tuple[float, int]] = deque()
+
+    def add(self, record_count: int) -> None:
+        self._calls.append((time.monotonic(), record_count))
+
+    def last_minute(self) -> tuple[int, int]:
+        horizon = time.monotonic() - 60
+        while self._calls and self._calls[0][0] < horizon:
+            self._calls.popleft()
+        return len(self._calls), sum(n for _, n in self._calls)
+
+
+recent_calls = RecentCalls()
+
+
+def observe_call(record_count: int) -> None:
+    coding_calls.inc()
+    records_per_call.observe(record_count)
+    recent_calls.add(record_count)
+
+
+def observe_reply(reply: dict, seconds: float) -> None:
+    """Count a reply once it is confirmed: the request, its records, its latency."""
+    route = reply.get("route") or "none"
+    error = (reply.get("error") or {}).get("code") or ""
+    requests.labels(route, reply["status"], error).inc()
+    results = reply.get("records") or ([reply["record"]] if reply.get("record") else [])
+    for result in results:
+        records.labels(route, result["codeStatus"]).inc()
+    summary = reply.get("output") or {}
+    for outcome in ("successful", "unsuccessful", "invalid"):
+        if summary.get(outcome):
+            records.labels(route, outcome).inc(summary[outcome])
+    reply_latency.labels(route).observe(seconds)
+
+
+def set_consumer_state(state: str) -> None:
+    for name in CONSUMER_STATES:
+        consumer_state.labels(name).set(1 if name == state else 0)

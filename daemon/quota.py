@@ -1,0 +1,101 @@
+"""The daily call ledger: calls to the API's /v1 per UTC day, kept in state_dir so a
+restart (or a replica taking over the same state_dir) knows what today has used."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Callable
+
+SECONDS_PER_DAY = 86400  # UTC days are exactly this long in epoch time (no leap seconds)
+RESET_SLACK = 0.05  # sleep just past midnight, so the re-check sees the new day
+MAX_SLEEP = 300.0  # re-read the wall clock at least this often (it may be stepped)
+
+
+def utc_day(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write a temporary file beside `path` and rename it over: readers never see half a
+    file. The temporary file is created with `mode`, so a secret is never world-readable."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # unique: replicas may share the dir
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class QuotaLedger:
+    def __init__(self, state_dir: Path, daily_quota: int, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(state_dir) / "quota.json"
+        self.daily_quota = daily_quota
+        self.clock = clock
+        self._day, self._used = utc_day(clock()), 0
+        self._merge_saved()
+
+    def _merge_saved(self) -> None:
+        """Take the saved count for today if it is higher: another process sharing the
+        state_dir (the replica we took over from) may have counted calls since we read it."""
+        self._roll()
+        try:
+            saved = json.loads(self.path.read_text())
+            if isinstance(saved, dict) and saved.get("day") == self._day:
+                self._used = max(self._used, int(saved["used"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no ledger yet, or a damaged one: our own count stands
+
+    def _roll(self) -> None:
+        today = utc_day(self.clock())
+        if today != self._day:
+            self._day, self._used = today, 0
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, json.dumps({"day": self._day, "used": self._used}))
+
+    @property
+    def used(self) -> int:
+        """Calls made today (UTC)."""
+        self._merge_saved()
+        return self._used
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.daily_quota - self.used)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used >= self.daily_quota
+
+    def count(self, calls: int = 1) -> None:
+        """Calls were made (or are about to be): count them and persist at once."""
+        self._merge_saved()
+        self._used += max(0, calls)
+        self._save()
+
+    def mark_exhausted(self) -> None:
+        """The API said 429 "Limit Exceeded": whatever we counted, today is used up."""
+        self._merge_saved()
+        self._used = max(self._used, self.daily_quota)
+        self._save()
+
+    def seconds_until_reset(self) -> float:
+        """Seconds until the next 00:00 UTC, when the API's quota starts again."""
+        return SECONDS_PER_DAY - self.clock() % SECONDS_PER_DAY
+
+    async def wait_for_reset(self) -> None:
+        """Sleep until the UTC day changes."""
+        day = utc_day(self.clock())
+        while utc_day(self.clock()) == day:
+            await asyncio.sleep(min(self.seconds_until_reset() + RESET_SLACK, MAX_SLEEP))

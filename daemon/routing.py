@@ -1,0 +1,31 @@
+"""Which API path codes a request: the throttled real-time worker or the batch service.
+
+A plain rule, documented in the README:
+- `mode: sync` always goes to the real-time worker;
+- `mode: batch` goes to the batch service, which only the partner tier has;
+- `mode: auto` goes to batch when the tier is partner and the request has more than
+  `batch_threshold` records or a record too long for real-time (101-300 characters);
+  everything else goes to the real-time worker.
+"""
+
+from __future__ import annotations
+
+from .cleaning import CleanRecord
+from .constants import SYNC_MAX_CHARS
+from .results import Refusal
+
+
+def choose_route(mode: str, tier: str, batch_threshold: int, records: list[CleanRecord | None]) -> str | Refusal:
+    """'sync', 'batch', or a Refusal. `records` holds None for records already invalid."""
+    batch_available = tier == "partner"
+    if mode == "sync":
+        return "sync"
+    if mode == "batch":
+        if not batch_available:
+            return Refusal("not_supported", "the batch service needs the partner tier; this coderd runs on the public tier")
+        return "batch"
+    if batch_available and (
+        len(records) > batch_threshold or any(r is not None and r.length > SYNC_MAX_CHARS for r in records)
+    ):
+        return "batch"
+    return "sync"

@@ -1,0 +1,52 @@
+"""`coderd status`: one screen from the running daemon's /readyz."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="TOML file (default: config/coderd.toml when present)")
+    parser.add_argument("--json", action="store_true", help="print /readyz as JSON")
+
+
+def render(address: str, state: dict) -> str:
+    token, quota, minute = state["token"], state["quota"], state["last_minute"]
+    age = "none yet" if token["age_seconds"] is None else f"{token['age_seconds']:.0f} s old"
+    jobs = ", ".join(f"{phase} {n}" for phase, n in sorted(state["batch_jobs"].items())) or "none"
+    depth = "unknown" if state["queue_depth"] < 0 else str(state["queue_depth"])
+    lines = [
+        f"coderd at {address}: {'ready' if state['ready'] else 'NOT READY'}",
+        f"  broker        {state['broker']}",
+        f"  consumer      {state['consumer']}"
+        + ("  (standby replica, or nothing delivered yet)" if state["consumer"] == "waiting" else ""),
+        f"  token         {age}, {token['requests']} token request(s) by this process",
+        f"  quota today   {quota['used']} used, {quota['remaining']} left of {quota['daily_quota']}",
+        f"  last minute   {minute['calls']} coding calls, {minute['records']} records",
+        f"  queue depth   {depth}",
+        f"  batch jobs    {jobs}",
+    ]
+    lines += [f"  why not ready: {reason}" for reason in state["reasons"]]
+    return "\n".join(lines)
+
+
+def status_main(args: argparse.Namespace) -> int:
+    from .config import settings_for_command
+
+    settings = settings_for_command(args.config, credentials_required=False)
+    host, port = settings.http_host_port
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    address = f"{host}:{port}"
+    try:
+        with urllib.request.urlopen(f"http://{address}/readyz", timeout=5) as response:
+            state = json.load(response)
+    except urllib.error.HTTPError as exc:  # 503: not ready, still a full answer
+        state = json.load(exc)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"coderd is not running: no answer on {address} ({getattr(exc, 'reason', exc)})")
+        return 1
+    print(json.dumps(state, indent=2) if args.json else render(address, state))
+    return 0 if state["ready"] else 3

@@ -1,0 +1,49 @@
+"""An inputFile coded through the throttled sync worker (public tier, or `mode: sync`).
+
+The file is read and coded a chunk at a time and the results written in input order,
+so memory stays flat however long the file is. The request stays unacked while it is
+coded: a crash means it is coded again from the start (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from itertools import islice
+from pathlib import Path
+
+from .batch_replies import encode_line
+from .claimcheck import OutputFile, read_records
+from .cleaning import clean_records
+from .messages import CodeRequest
+from .packing import CallKey
+from .results import JobFailed, failed_reply
+from .sync_worker import SyncJob, SyncWorker, pending_records
+
+CHUNK = 3000  # records held in memory at a time: ten full calls
+
+
+async def code_file_via_sync(worker: SyncWorker, request: CodeRequest, source: Path, target: Path,
+                             output_name: str, suggestions: int, *, batch_available: bool) -> dict:
+    records = read_records(source)
+    counts = {"records": 0, "successful": 0, "unsuccessful": 0, "invalid": 0}
+    model = request.model
+    with OutputFile(target) as output:
+        while chunk := await asyncio.to_thread(lambda: list(islice(records, CHUNK))):
+            raw = [record for record, _ in chunk]
+            errors = {index: error for index, (_, error) in enumerate(chunk) if error}
+            job = SyncJob(raw, request.model)
+            cleaned, problems = clean_records(raw, errors)
+            pending = pending_records(job, cleaned, problems, batch_available=batch_available)
+            if pending:
+                worker.submit(CallKey(request.topic, request.model, suggestions), pending)
+            try:
+                results = await job.future
+            except JobFailed as exc:
+                return failed_reply(request.topic, job.model, "sync", exc.code, exc.message)
+            model = job.model or model
+            for result in results:
+                counts["records"] += 1
+                counts[result["codeStatus"]] += 1
+                output.write_line(encode_line(result))
+    return {"status": "completed", "topic": request.topic, "model": model, "route": "sync",
+            "output": {"file": output_name, **counts}, "error": None}

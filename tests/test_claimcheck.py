@@ -1,0 +1,194 @@
+"""Claim-check files: paths inside the inbox/outbox, reading records, atomic output."""
+
+import json
+import os
+
+import pytest
+
+from daemon.claimcheck import (ClaimCheckError, OutputFile, default_output_name, read_records, record_problem,
+                               resolve_inside)
+from daemon.messages import Record
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    box = tmp_path / "inbox"
+    box.mkdir()
+    (box / "ok.jsonl").write_text('{"occp_text": "chef"}\n')
+    (box / "census").mkdir()
+    (box / "census" / "sample.jsonl").write_text('{"occp_text": "chef"}\n')
+    (tmp_path / "secret.jsonl").write_text("outside\n")
+    return box
+
+
+# --- resolve_inside ---------------------------------------------------------------------
+
+def test_resolve_inside_accepts_files_in_the_directory_and_below(inbox):
+    assert resolve_inside(inbox, "ok.jsonl", must_exist=True) == (inbox / "ok.jsonl").resolve()
+    assert resolve_inside(inbox, "census/sample.jsonl", must_exist=True) == (inbox / "census/sample.jsonl").resolve()
+    # a harmless '..' that stays inside is fine
+    assert resolve_inside(inbox, "census/../ok.jsonl", must_exist=True) == (inbox / "ok.jsonl").resolve()
+    # outputs need not exist, nor their directories
+    assert resolve_inside(inbox, "new/dir/out.jsonl", must_exist=False) == (inbox / "new/dir/out.jsonl").resolve()
+
+
+@pytest.mark.parametrize("name", ["", "   ", "/etc/passwd", "../secret.jsonl", "a/../../secret.jsonl",
+                                  "census/../../secret.jsonl", ".", "census/..", "ok\x00.jsonl"])
+def test_resolve_inside_refuses_leaving_the_directory(inbox, name):
+    with pytest.raises(ClaimCheckError) as caught:
+        resolve_inside(inbox, name, must_exist=False)
+    assert caught.value.code == "path_not_allowed"
+    assert str(inbox) not in caught.value.message and str(inbox.parent) not in caught.value.message
+
+
+def test_resolve_inside_refuses_a_symlink_pointing_out(inbox):
+    (inbox / "link.jsonl").symlink_to(inbox.parent / "secret.jsonl")
+    (inbox / "linkdir").symlink_to(inbox.parent)
+    (inbox / "dangling.jsonl").symlink_to(inbox.parent / "nothing-yet.jsonl")
+    for name, must_exist in [("link.jsonl", True), ("linkdir/secret.jsonl", True), ("dangling.jsonl", False)]:
+        with pytest.raises(ClaimCheckError) as caught:
+            resolve_inside(inbox, name, must_exist=must_exist)
+        assert caught.value.code == "path_not_allowed", name
+    # a symlink that stays inside is followed
+    (inbox / "alias.jsonl").symlink_to(inbox / "ok.jsonl")
+    assert resolve_inside(inbox, "alias.jsonl", must_exist=True) == (inbox / "ok.jsonl").resolve()
+
+
+def test_resolve_inside_missing_input(inbox):
+    for name in ["missing.jsonl", "census"]:  # absent, or not a regular file
+        with pytest.raises(ClaimCheckError) as caught:
+            resolve_inside(inbox, name, must_exist=True)
+        assert caught.value.code == "input_not_found"
+        assert name in caught.value.message and str(inbox) not in caught.value.message
+
+
+def test_default_output_name():
+    assert default_output_name("census/sample.jsonl") == "census/sample.coded.jsonl"
+    assert default_output_name("a.csv") == "a.coded.jsonl"
+    assert default_output_name("noext") == "noext.coded.jsonl"
+
+
+# --- read_records -----------------------------------------------------------------------
+
+def test_jsonl_malformed_lines_keep_their_position_and_blank_lines_are_skipped(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"recordId": "a", "occp_text": "chef", "tasks_text": "cooking"}\n'
+                     b"\n   \n"
+                     b"not json\n"
+                     b"[1, 2]\n"
+                     b'{"occp_text": 5}\n'
+                     b'{"recordId": ["x"]}\n'
+                     b'{"recordId": NaN}\n'
+                     b'{"recordId": 7, "occp_text": null}\r\n'
+                     b'{"occp_text": "caf\xff"}\n'
+                     b'{"tasks_text": "last, no newline"}')
+    items = list(read_records(path))
+    assert len(items) == 9
+    assert items[0] == ({"recordId": "a", "occp_text": "chef", "tasks_text": "cooking"}, None)
+    assert items[1][0] == "not json" and items[1][1].startswith("line 4 is not valid JSON")
+    assert items[2][1] == "line 5 is not a JSON object: it is array"
+    assert items[3] == ({"occp_text": 5}, "line 6: occp_text must be a string or null, not number")
+    assert items[4][1].startswith("line 7: recordId must be")
+    assert items[5][1].startswith("line 8 is not valid JSON")
+    assert items[6] == ({"recordId": 7, "occp_text": None}, None)
+    assert items[7] == ({"occp_text": "caf\ufffd"}, None)  # one bad byte: an odd line, not an unreadable file
+    assert items[8] == ({"tasks_text": "last, no newline"}, None)
+
+
+def test_jsonl_bom_and_an_overlong_line(tmp_path, monkeypatch):
+    import daemon.claimcheck as claimcheck
+    monkeypatch.setattr(claimcheck, "MAX_LINE_BYTES", 64)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"occp_text": "chef"}\n{"occp_text": "' + b"x" * 200 + b'"}\n{"occp_text": "cook"}\n')
+    items = list(read_records(path))
+    assert items[0] == ({"occp_text": "chef"}, None)
+    assert items[1][1] == "line 2 is longer than 64 bytes"
+    assert items[2] == ({"occp_text": "cook"}, None)
+
+
+def test_csv_with_record_ids_bom_quotes_and_blank_rows(tmp_path):
+    path = tmp_path / "in.CSV"
+    path.write_bytes("\ufeffrecordId, occp_text ,tasks_text,extra\r\n"
+                     'r1,"chef, head","cooking, ""fine"" food",x\r\n'
+                     ",nurse,caring,\r\n"
+                     "\r\n"
+                     'r3,"multi\nline",,\r\n'
+                     "r4,short\r\n"
+                     "r5,a,b,c,d\r\n"
+                     "r6,a,b,c,,\r\n".encode("utf-8"))
+    items = list(read_records(path))
+    assert [e for _, e in items] == [None, None, None, None, "line 8 has 5 fields but the header has 4 "
+                                                             "(an unquoted comma?)", None]
+    assert items[0][0] == {"recordId": "r1", "occp_text": "chef, head", "tasks_text": 'cooking, "fine" food',
+                           "extra": "x"}
+    assert items[1][0] == {"occp_text": "nurse", "tasks_text": "caring", "extra": ""}  # empty id: no recordId
+    assert items[2][0]["occp_text"] == "multi\nline"
+    assert items[3][0] == {"recordId": "r4", "occp_text": "short", "tasks_text": "", "extra": ""}
+    assert items[5][0]["recordId"] == "r6"
+
+
+def test_csv_without_record_id_column(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("occp_text,tasks_text\nchef,cooking\n")
+    assert list(read_records(path)) == [({"occp_text": "chef", "tasks_text": "cooking"}, None)]
+
+
+@pytest.mark.parametrize("content", ["recordId,occp_text\nr1,chef\n", "", "\n\n"])
+def test_csv_header_must_name_both_texts(tmp_path, content):
+    path = tmp_path / "in.csv"
+    path.write_text(content)
+    with pytest.raises(ClaimCheckError) as caught:
+        read_records(path)  # checked at once, not on the first next()
+    assert caught.value.code == "invalid_message"
+    if content:
+        assert "tasks_text" in caught.value.message
+
+
+@pytest.mark.parametrize("raw", [
+    {}, {"occp_text": "a", "tasks_text": None}, {"recordId": 1}, {"recordId": 1.5}, {"recordId": True},
+    {"recordId": 10 ** 30}, {"recordId": ""}, {"recordId": None, "extra": [1]},
+    {"recordId": [1]}, {"recordId": {"a": 1}}, {"occp_text": 1}, {"occp_text": False}, {"tasks_text": 1.0},
+    {"tasks_text": ["a"]}, {"occp_text": {}}, "text", 3, None, [], [{"occp_text": "a"}],
+])
+def test_the_hand_check_agrees_with_record(raw):
+    try:
+        Record.model_validate(raw)
+        valid = True
+    except Exception:
+        valid = False
+    assert (record_problem(raw) is None) == valid
+
+
+# --- OutputFile -------------------------------------------------------------------------
+
+def test_output_file_appears_only_when_complete(tmp_path):
+    final = tmp_path / "out" / "sub" / "result.jsonl"
+    with OutputFile(final) as out:
+        out.write_line(json.dumps({"n": 1}))
+        assert not final.exists()
+        assert [p.name for p in final.parent.iterdir()][0].startswith(".result.jsonl.partial-")
+        out.write_line('{"n":2}')
+    assert final.read_text() == '{"n": 1}\n{"n":2}\n'
+    assert os.listdir(final.parent) == ["result.jsonl"]
+
+
+def test_output_file_on_error_leaves_nothing(tmp_path):
+    final = tmp_path / "result.jsonl"
+    with pytest.raises(RuntimeError):
+        with OutputFile(final) as out:
+            out.write_line("half")
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_file_keeps_the_old_file_until_replaced(tmp_path):
+    final = tmp_path / "result.jsonl"
+    final.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with OutputFile(final) as out:
+            out.write_line("new")
+            raise RuntimeError("boom")
+    assert final.read_text() == "old\n" and os.listdir(tmp_path) == ["result.jsonl"]
+    with OutputFile(final) as out:
+        out.write_line(json.dumps({"t": "\ud800"}, ensure_ascii=False))  # a lone surrogate does not fail the file
+    assert json.loads(final.read_text()) == {"t": "\ud800"}

@@ -1,0 +1,83 @@
+"""Operator endpoints against a running daemon: /healthz, /readyz, /metrics, coderd status."""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import quiet_config
+from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
+from harness import ROOT
+from test_emulator_cli import free_port
+
+GUIDE = {"occp_text": "software developer", "tasks_text": "writing code and unit tests"}
+
+
+def samples(text: str) -> dict[tuple, float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def get(session, url):
+    async with session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_health_readiness_and_metrics(coderd, broker):
+    port = free_port()
+    async with EmulatorServer(quiet_config(requests_per_second=20)) as api, aiohttp.ClientSession() as session:
+        daemon = await coderd(api, requests_per_second=20, http_listen=f"127.0.0.1:{port}")
+        base = f"http://127.0.0.1:{port}"
+        assert (await get(session, f"{base}/healthz"))[0] == 200
+        status, body = await get(session, f"{base}/readyz")
+        ready = json.loads(body)
+        assert status == 200 and ready["ready"] and ready["broker"] == "connected"
+        assert ready["consumer"] == "waiting" and ready["token"]["obtainable"]
+        for i in range(3):
+            await broker.publish({"topic": "anzsco", "records": [GUIDE, {"occp_text": "x"}]}, correlation_id=f"m{i}")
+        await broker.replies(3)
+        await daemon.wait_for_event("request_done", count=3)
+        ready = json.loads((await get(session, f"{base}/readyz"))[1])
+        assert ready["consumer"] == "active" and ready["quota"]["used"] >= 2
+        assert ready["last_minute"]["records"] >= 3 and ready["token"]["requests"] == 1
+        status, text = await get(session, f"{base}/metrics")
+        found = samples(text)
+        assert status == 200
+        assert found[("coderd_requests_total", (("error", ""), ("route", "sync"), ("status", "completed")))] == 3
+        assert found[("coderd_records_total", (("outcome", "invalid"), ("route", "sync")))] == 3
+        assert found[("coderd_coding_calls_total", ())] >= 1
+        assert found[("coderd_quota_used", ())] >= 2
+        assert found[("coderd_token_requests", ())] == 1
+        assert found[("coderd_request_queue_depth", ())] == 0
+        assert found[("coderd_consumer", (("state", "active"),))] == 1
+        assert ("coderd_reply_latency_seconds_count", (("route", "sync"),)) in found
+        assert ("coderd_batch_jobs", (("phase", "polling"),)) in found
+
+        env = {**daemon.env}
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "daemon", "status"], cwd=ROOT,
+                                       env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert "connected" in done.stdout and "active" in done.stdout and "quota" in done.stdout
+
+
+async def test_readiness_reports_why_not(coderd, broker, tmp_path):
+    port = free_port()
+    async with EmulatorServer(quiet_config(requests_per_second=20)) as api, aiohttp.ClientSession() as session:
+        await coderd(api, requests_per_second=20, http_listen=f"127.0.0.1:{port}", daily_quota=1)
+        await broker.publish({"topic": "anzsco", "record": GUIDE})  # the model lookup uses the one call
+        for _ in range(100):
+            status, body = await get(session, f"http://127.0.0.1:{port}/readyz")
+            if status == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 503 and any("quota" in reason for reason in json.loads(body)["reasons"])
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "daemon", "status"], cwd=ROOT,
+                                       env={**__import__("os").environ, "CODERD_HTTP_LISTEN": "127.0.0.1:1"},
+                                       capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1 and "not running" in (done.stdout + done.stderr)
