@@ -20,15 +20,21 @@ CALL_TIMEOUT = aiohttp.ClientTimeout(total=20, sock_connect=10)
 
 
 def call_tracing() -> aiohttp.TraceConfig:
-    """Tells a call's limiter the moment its request headers are on the wire."""
+    """Tells a call's limiter the moment its request is on the wire.
 
-    async def headers_sent(_session, context, _params) -> None:
+    aiohttp reports the headers before it writes them: it holds them back to go out
+    with the body, which a separate task writes, maybe a busy loop turn later. So the
+    body's report stamps the call too; the limiter keeps the latest stamp.
+    """
+
+    async def on_wire(_session, context, _params) -> None:
         on_sent = (context.trace_request_ctx or {}).get("on_sent")
         if on_sent is not None:
             on_sent()
 
     tracing = aiohttp.TraceConfig()
-    tracing.on_request_headers_sent.append(headers_sent)
+    tracing.on_request_headers_sent.append(on_wire)  # a call without a body goes out here
+    tracing.on_request_chunk_sent.append(on_wire)
     return tracing
 
 

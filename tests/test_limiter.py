@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from daemon.api import call_tracing
 from daemon.limiter import CallLimiter
 
 TIMER_SLACK = 1e-4  # the test reads the loop clock a few microseconds after acquire() returned
@@ -113,3 +117,40 @@ async def test_cancelled_waiters_take_no_slot_and_block_nobody():
     assert limiter.calls == 2
     await asyncio.wait_for(limiter.acquire(), timeout=5)
     assert limiter.calls == 3
+
+
+async def test_a_call_is_stamped_when_its_body_is_on_the_wire_not_before():
+    """aiohttp reports a request's headers before writing them: it holds them back to
+    send with the body, which a separate task writes. A loop busy in between must not
+    make the limiter count the call as started before the server could see it."""
+    arrivals: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        arrivals.append(now())
+        await request.read()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/code", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+
+    busy = aiohttp.TraceConfig()  # the loop stalls right after the headers are reported
+
+    async def stall(_session, _context, _params) -> None:
+        asyncio.get_running_loop().call_soon(time.sleep, 0.5)
+
+    busy.on_request_headers_sent.append(stall)
+    stamps: list[float] = []
+    try:
+        async with aiohttp.ClientSession(trace_configs=[call_tracing(), busy]) as session:
+            async with session.post(f"http://127.0.0.1:{port}/v1/code", json={"records": ["x" * 2000]},
+                                    trace_request_ctx={"on_sent": lambda: stamps.append(now())}) as response:
+                assert response.status == 200
+    finally:
+        await runner.cleanup()
+    assert stamps and arrivals
+    assert arrivals[0] - stamps[-1] < 0.25, (stamps, arrivals)  # without the body stamp: 0.5 s early

@@ -9,6 +9,7 @@ import asyncio
 from aiohttp import web
 
 from . import batch, catalog, objects, realtime
+from .coder import load_coders
 from .presign import Signer
 from .responses import api_error, denied
 from .settings import Clock, EmulatorConfig
@@ -27,8 +28,9 @@ async def gateway(request: web.Request, handler):
     if emulator.limits.quota_exceeded(client_id, emulator.accounts.tier(client_id)):
         emulator.stats.quota_refused += 1
         raise api_error(429, "Limit Exceeded")
-    if not emulator.limits.admit(client_id):
+    if (gap := emulator.limits.too_soon(client_id)) is not None:
         emulator.stats.throttled += 1
+        emulator.stats.throttled_gaps.append(round(gap, 4))
         raise api_error(429, "Too Many Requests")
     emulator.limits.count(client_id)
     emulator.stats.v1_calls += 1
@@ -101,9 +103,16 @@ def build_app(emulator: Emulator) -> web.Application:
     app.router.add_get("/_emulator/stats", get_stats)
     app.router.add_post("/_emulator/faults", set_faults)
     app.router.add_post("/_emulator/clock", advance_clock)
+    app.on_startup.append(_load_coders)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
+
+
+async def _load_coders(_app: web.Application) -> None:
+    # Before the port opens: loading a topic's data holds the GIL for long stretches,
+    # and arrivals stamped late meanwhile would look like a client's throttle violation.
+    await asyncio.to_thread(load_coders)
 
 
 async def _shutdown(app: web.Application) -> None:

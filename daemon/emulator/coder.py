@@ -28,7 +28,7 @@ import operator
 from dataclasses import dataclass
 from functools import cache
 
-from .classification import TopicIndex, load_topic, unique_tokens
+from .classification import TOPIC_FILES, TopicIndex, load_topic, unique_tokens
 
 THRESHOLD = 0.5
 # Share of quality taken from title similarity, by which texts are present.
@@ -214,3 +214,9 @@ class Coder:
 def coder_for(topic: str) -> Coder:
     """The process-wide coder for ``topic`` ("anzsco" or "osca"); KeyError for any other."""
     return Coder(topic, load_topic(topic))
+
+
+def load_coders() -> None:
+    """Build every topic's coder now, so that no request pays for loading one."""
+    for topic in TOPIC_FILES:
+        coder_for(topic)

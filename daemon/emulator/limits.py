@@ -24,21 +24,22 @@ class Limits:
         quota = self.config.daily_quota.get(tier, 0)
         return quota > 0 and self.calls_by_day[(client_id, utc_day(self.clock.now()))] >= quota
 
-    def admit(self, client_id: str) -> bool:
-        """True when this call starts at least 1/rate after the client's last admitted call.
+    def too_soon(self, client_id: str) -> float | None:
+        """None when this call starts at least 1/rate after the client's last admitted
+        call (it is admitted); otherwise the shorter gap it came after, and it is refused.
 
         Arrival times are taken with a monotonic clock, exactly as requests reach the
         server; a refused call does not move the window.
         """
         rate = self.config.requests_per_second
         if rate <= 0:
-            return True
+            return None
         now = time.monotonic()
         last = self.last_start.get(client_id)
         if last is not None and now - last < 1.0 / rate:
-            return False
+            return now - last
         self.last_start[client_id] = now
-        return True
+        return None
 
     def count(self, client_id: str) -> None:
         self.calls_by_day[(client_id, utc_day(self.clock.now()))] += 1

@@ -24,6 +24,7 @@ class Stats:
     tokens_issued: int = 0
     v1_calls: int = 0  # admitted /v1 calls (the ones that count against the quota)
     throttled: int = 0  # calls refused because they came too soon: a client's violation
+    throttled_gaps: list[float] = field(default_factory=list)  # seconds after the call before
     quota_refused: int = 0
     coding_calls: int = 0
     records_coded: int = 0
