@@ -22,6 +22,7 @@ when it has no evidence, and never an empty ranking.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import operator
@@ -218,5 +219,10 @@ def coder_for(topic: str) -> Coder:
 
 def load_coders() -> None:
     """Build every topic's coder now, so that no request pays for loading one."""
+    if coder_for.cache_info().currsize == len(TOPIC_FILES):
+        return
     for topic in TOPIC_FILES:
         coder_for(topic)
+    # The indexes live as long as the process: keep the garbage collector from walking
+    # their tens of thousands of objects at every full collection, which slowed requests.
+    gc.freeze()
