@@ -8,6 +8,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from daemon.api import call_tracing
 from daemon.limiter import CallLimiter
@@ -132,12 +133,6 @@ async def test_a_call_is_stamped_when_its_body_is_on_the_wire_not_before():
 
     app = web.Application()
     app.router.add_post("/v1/code", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-
     busy = aiohttp.TraceConfig()  # the loop stalls right after the headers are reported
 
     async def stall(_session, _context, _params) -> None:
@@ -145,12 +140,10 @@ async def test_a_call_is_stamped_when_its_body_is_on_the_wire_not_before():
 
     busy.on_request_headers_sent.append(stall)
     stamps: list[float] = []
-    try:
-        async with aiohttp.ClientSession(trace_configs=[call_tracing(), busy]) as session:
-            async with session.post(f"http://127.0.0.1:{port}/v1/code", json={"records": ["x" * 2000]},
-                                    trace_request_ctx={"on_sent": lambda: stamps.append(now())}) as response:
-                assert response.status == 200
-    finally:
-        await runner.cleanup()
+    async with TestServer(app, host="127.0.0.1") as server, \
+            aiohttp.ClientSession(trace_configs=[call_tracing(), busy]) as session:
+        async with session.post(server.make_url("/v1/code"), json={"records": ["x" * 2000]},
+                                trace_request_ctx={"on_sent": lambda: stamps.append(now())}) as response:
+            assert response.status == 200
     assert stamps and arrivals
     assert arrivals[0] - stamps[-1] < 0.25, (stamps, arrivals)  # without the body stamp: 0.5 s early

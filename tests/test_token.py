@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from daemon import token as token_module
 from daemon.emulator import Client, EmulatorConfig, EmulatorServer, Faults
@@ -239,13 +240,11 @@ async def test_server_errors_and_timeouts_back_off_briefly(session, tmp_path, cl
 
     app = web.Application()
     app.router.add_post("/oauth2/token", token_endpoint)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
     monkeypatch.setattr(token_module, "TOKEN_TIMEOUT", aiohttp.ClientTimeout(total=0.1))
     try:
-        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        url = str(server.make_url("")).rstrip("/")
         provider = TokenProvider(session, url, CLIENT_ID, CLIENT_SECRET, tmp_path, clock=clock)
         with pytest.raises(TokenUnavailable) as caught:
             await provider.get()
@@ -265,7 +264,7 @@ async def test_server_errors_and_timeouts_back_off_briefly(session, tmp_path, cl
         assert provider.fetches == 3 and caught.value.retry_after <= 60 and answers == []
     finally:
         released.set()
-        await runner.cleanup()
+        await server.close()
 
 
 async def test_token_and_secret_stay_out_of_logs(make_provider):
