@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.claimcheck import OutputFile, read_records  # noqa: E402
-from daemon.mapping import map_results  # noqa: E402
-from daemon.spool import spool  # noqa: E402
+from daemon.request.claimcheck import OutputFile, read_records  # noqa: E402
+from daemon.batch.mapping import map_results  # noqa: E402
+from daemon.batch.spool import spool  # noqa: E402
 
 TITLES = ["software developer", "registered nurse", "chef", "truck driver", "primary school teacher",
           "sales assistant", "café owner", "electrician", "accountant", "brickie", "aged care worker",

@@ -83,7 +83,7 @@ def _list_jobs(args) -> int:
     import time
 
     from .config import settings_for_command
-    from .journal import Journal
+    from .batch.journal import Journal
 
     settings = settings_for_command(args.config, credentials_required=False)
     jobs = Journal(settings.state_dir).jobs()
@@ -107,11 +107,11 @@ def _list_jobs(args) -> int:
 # Commands that live in their own module, each exposing add_<name>_arguments(parser) and
 # <name>_main(args) -> int.
 COMMAND_MODULES = {
-    "status": ("daemon.status", "one screen from the running daemon's endpoints"),
-    "submit": ("daemon.submit", "code a CSV or JSONL file through a running daemon; results as CSV beside it"),
-    "convert": ("daemon.convert", "turn coding-API or coderd JSONL output into the guide's flat CSV"),
-    "topics": ("daemon.gathering", "list the coding API's topics"),
-    "models": ("daemon.gathering", "list a topic's models"),
+    "status": ("daemon.ops.status", "one screen from the running daemon's endpoints"),
+    "submit": ("daemon.tools.submit", "code a CSV or JSONL file through a running daemon; results as CSV beside it"),
+    "convert": ("daemon.tools.convert", "turn coding-API or coderd JSONL output into the guide's flat CSV"),
+    "topics": ("daemon.tools.gathering", "list the coding API's topics"),
+    "models": ("daemon.tools.gathering", "list a topic's models"),
 }
 
 

@@ -7,21 +7,21 @@ import contextlib
 
 import aiohttp
 
-from .api import ApiCaller, call_tracing
-from .batch_manager import BatchManager
-from .catalog import ModelCatalog
+from .api.client import ApiCaller, call_tracing
+from .batch.manager import BatchManager
+from .api.catalog import ModelCatalog
 from .config import Settings
-from .dispatch import Dispatcher
-from .endpoints import DaemonView, OperatorEndpoints
-from .intake import Intake
-from .journal import Journal
-from .limiter import CallLimiter
+from .request.dispatch import Dispatcher
+from .ops.endpoints import DaemonView, OperatorEndpoints
+from .broker.intake import Intake
+from .batch.journal import Journal
+from .api.limiter import CallLimiter
 from .logs import get_logger, register_secret
-from .quota import QuotaLedger
-from .replies import ReplyPublisher
-from .sdnotify import SystemdNotifier
-from .sync_worker import SyncWorker
-from .token import TokenProvider
+from .api.quota import QuotaLedger
+from .broker.replies import ReplyPublisher
+from .ops.sdnotify import SystemdNotifier
+from .realtime.worker import SyncWorker
+from .api.token import TokenProvider
 
 SHUTDOWN_GRACE = 20.0  # seconds for requests in flight to get their replies at SIGTERM
 

@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 import yaml
 
-from daemon import asyncapi
-from daemon.messages import CodeRequest, InvalidMessage, Reply, parse_request
+from daemon.tools import asyncapi
+from daemon.request.messages import CodeRequest, InvalidMessage, Reply, parse_request
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ("record", "records", "inputFile")
@@ -70,8 +70,8 @@ def test_the_committed_files_are_what_the_models_generate():
     rendered = asyncapi.render()
     assert rendered == asyncapi.render(), "generation is not stable"
     for path, text in rendered.items():
-        assert (ROOT / path).exists(), f"{path} is missing: run python -m daemon.asyncapi"
-        assert (ROOT / path).read_bytes() == text.encode("utf-8"), f"{path} is stale: run python -m daemon.asyncapi"
+        assert (ROOT / path).exists(), f"{path} is missing: run python -m daemon.tools.asyncapi"
+        assert (ROOT / path).read_bytes() == text.encode("utf-8"), f"{path} is stale: run python -m daemon.tools.asyncapi"
     committed = {p.relative_to(ROOT) for p in (ROOT / "docs" / "schemas").glob("*.json")}
     assert committed == {p for p in rendered if p.suffix == ".json"}, "a schema file that is no longer generated"
 

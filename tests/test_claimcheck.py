@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from daemon.claimcheck import (ClaimCheckError, OutputFile, default_output_name, read_records, record_problem,
+from daemon.request.claimcheck import (ClaimCheckError, OutputFile, default_output_name, read_records, record_problem,
                                resolve_inside)
-from daemon.messages import Record
+from daemon.request.messages import Record
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_jsonl_malformed_lines_keep_their_position_and_blank_lines_are_skipped(t
 
 
 def test_jsonl_bom_and_an_overlong_line(tmp_path, monkeypatch):
-    import daemon.claimcheck as claimcheck
+    import daemon.request.claimcheck as claimcheck
     monkeypatch.setattr(claimcheck, "MAX_LINE_BYTES", 64)
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"occp_text": "chef"}\n{"occp_text": "' + b"x" * 200 + b'"}\n{"occp_text": "cook"}\n')

@@ -2,7 +2,7 @@
 
 import pytest
 
-from daemon.cleaning import batch_problem, clean, fold_text, sync_problem
+from daemon.request.cleaning import batch_problem, clean, fold_text, sync_problem
 
 
 @pytest.mark.parametrize("raw, folded", [

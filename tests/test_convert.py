@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import convert
-from daemon.convert import CSV_COLUMNS, convert_file, flatten
+from daemon.tools import convert
+from daemon.tools.convert import CSV_COLUMNS, convert_file, flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 

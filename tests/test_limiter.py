@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from daemon.api import call_tracing
-from daemon.limiter import CallLimiter
+from daemon.api.client import call_tracing
+from daemon.api.limiter import CallLimiter
 
 TIMER_SLACK = 1e-4  # the test reads the loop clock a few microseconds after acquire() returned
 

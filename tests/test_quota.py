@@ -7,7 +7,7 @@ import calendar
 import json
 import time
 
-from daemon.quota import QuotaLedger
+from daemon.api.quota import QuotaLedger
 
 NOON = calendar.timegm((2025, 7, 1, 12, 0, 0))  # 2025-07-01 12:00:00 UTC
 MIDNIGHT = calendar.timegm((2025, 7, 2, 0, 0, 0))

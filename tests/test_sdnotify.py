@@ -1,4 +1,4 @@
-"""daemon.sdnotify against real AF_UNIX datagram sockets, as systemd would listen."""
+"""daemon.ops.sdnotify against real AF_UNIX datagram sockets, as systemd would listen."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from daemon.sdnotify import SystemdNotifier
+from daemon.ops.sdnotify import SystemdNotifier
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sd_notify is Linux-only")
 

@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from daemon.claimcheck import read_records
-from daemon.mapping import NO_RESULT, MappingCounts, batch_result, map_results
-from daemon.results import echo_input
-from daemon.spool import spool
+from daemon.request.claimcheck import read_records
+from daemon.batch.mapping import NO_RESULT, MappingCounts, batch_result, map_results
+from daemon.request.results import echo_input
+from daemon.batch.spool import spool
 
 CODE = {"codeCategory": "261313", "codeLabel": "Software Engineer", "codeConfidence": 0.9}
 SUGGESTIONS = [{"codeCategory": str(n), "codeLabel": f"Label {n}", "codeConfidence": 0.1} for n in range(3)]
@@ -246,8 +246,8 @@ def test_batch_result_shapes():
 
 
 def test_fold_shortcut_equals_fold_text():
-    from daemon.cleaning import fold_text
-    from daemon.spool import fold
+    from daemon.request.cleaning import fold_text
+    from daemon.batch.spool import fold
 
     alphabet = ["a", "Z", " ", "  ", "\t", "\n", "\x1c", "\x1f", "\x7f", "\x00", "\u00e9", "\u2013", "\u00a0",
                 "\u2028", "'", '"', "\\", "~"]

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import quiet_config
-from daemon.convert import CSV_COLUMNS
+from daemon.tools.convert import CSV_COLUMNS
 from daemon.emulator import Faults, ThreadedEmulatorServer as EmulatorServer
 from harness import ROOT
 

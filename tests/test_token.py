@@ -15,9 +15,9 @@ from structlog.testing import capture_logs
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from daemon import token as token_module
+from daemon.api import token as token_module
 from daemon.emulator import Client, EmulatorConfig, EmulatorServer, Faults
-from daemon.token import TokenProvider, TokenUnavailable
+from daemon.api.token import TokenProvider, TokenUnavailable
 
 CLIENT_ID, CLIENT_SECRET = "client1", "secret123"
 

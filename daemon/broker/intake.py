@@ -11,9 +11,9 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
-from .config import Settings
-from .constants import DELIVERY_LIMIT, PREFETCH
-from .logs import get_logger
+from ..config import Settings
+from ..constants import DELIVERY_LIMIT, PREFETCH
+from ..logs import get_logger
 
 log = get_logger("coderd.intake")
 

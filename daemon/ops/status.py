@@ -34,7 +34,7 @@ def render(address: str, state: dict) -> str:
 
 
 def status_main(args: argparse.Namespace) -> int:
-    from .config import settings_for_command
+    from ..config import settings_for_command
 
     settings = settings_for_command(args.config, credentials_required=False)
     host, port = settings.http_host_port

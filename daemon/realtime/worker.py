@@ -12,14 +12,14 @@ import random
 from typing import Any, Callable
 from urllib.parse import quote
 
-from . import metrics
-from .api import ApiCaller, ApiError, QuotaExhausted
-from .catalog import ModelCatalog, refusal_for
-from .cleaning import CleanRecord, sync_problem
-from .logs import get_logger
-from .packing import Backlog, CallKey, PendingRecord, coding_body, match_results, offending_indexes
-from .results import JobFailed, Refusal, invalid_result, sync_result
-from .token import TokenUnavailable
+from ..ops import metrics
+from ..api.client import ApiCaller, ApiError, QuotaExhausted
+from ..api.catalog import ModelCatalog, refusal_for
+from ..request.cleaning import CleanRecord, sync_problem
+from ..logs import get_logger
+from .backlog import Backlog, CallKey, PendingRecord, coding_body, match_results, offending_indexes
+from ..request.results import JobFailed, Refusal, invalid_result, sync_result
+from ..api.token import TokenUnavailable
 
 MAX_ATTEMPTS = 6  # per record; then its request fails with upstream_error
 MAX_BACKOFF = 30.0

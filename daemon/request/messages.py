@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .constants import MAX_SUGGESTIONS
+from ..constants import MAX_SUGGESTIONS
 
 ErrorCode = Literal[
     "invalid_message", "unknown_topic", "unknown_model", "model_topic_mismatch", "input_not_found",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from anyascii import anyascii
 
-from .constants import BATCH_MAX_CHARS, BATCH_MIN_CHARS, SYNC_MAX_CHARS, SYNC_MIN_CHARS
+from ..constants import BATCH_MAX_CHARS, BATCH_MIN_CHARS, SYNC_MAX_CHARS, SYNC_MIN_CHARS
 
 _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
 _SPACES = re.compile(r"\s+")

@@ -12,12 +12,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import metrics
-from .intake import Intake
-from .journal import Journal
-from .limiter import CallLimiter
-from .logs import get_logger
-from .quota import QuotaLedger
-from .token import TokenProvider
+from ..broker.intake import Intake
+from ..batch.journal import Journal
+from ..api.limiter import CallLimiter
+from ..logs import get_logger
+from ..api.quota import QuotaLedger
+from ..api.token import TokenProvider
 
 log = get_logger("coderd.http")
 

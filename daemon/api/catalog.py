@@ -7,8 +7,8 @@ import asyncio
 import time
 from urllib.parse import quote
 
-from .api import ApiCaller, ApiError
-from .results import Refusal
+from .client import ApiCaller, ApiError
+from ..request.results import Refusal
 
 RECHECK_SECONDS = 3600.0
 

@@ -9,7 +9,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
 
-from .logs import get_logger
+from ..logs import get_logger
 
 log = get_logger("coderd.replies")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .claimcheck import OutputFile, resolve_inside
+from ..request.claimcheck import OutputFile, resolve_inside
 from .journal import Job
 from .mapping import map_results
-from .results import failed_reply
+from ..request.results import failed_reply
 
 # One encoder for every line: json.dumps with arguments builds a new one per call.
 encode_line = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode

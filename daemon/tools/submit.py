@@ -30,8 +30,8 @@ def add_submit_arguments(p) -> None:
 
 
 def submit_main(args) -> int:
-    from .config import settings_for_command
-    from .logs import configure_logging
+    from ..config import settings_for_command
+    from ..logs import configure_logging
     settings = settings_for_command(args.config)
     configure_logging(settings.log_format, level="warning")
     path, job = Path(args.file).resolve(), None
@@ -102,8 +102,8 @@ class Submission:
     async def run(self) -> int:
         import aio_pika
         from tqdm import tqdm
-        from .claimcheck import read_records
-        from .intake import FailoverConnection
+        from ..request.claimcheck import read_records
+        from ..broker.intake import FailoverConnection
         s, a, self.aio_pika, self.records = self.settings, self.args, aio_pika, lambda: read_records(self.path)
         self.total = total = await asyncio.to_thread(lambda: sum(1 for _ in self.records()))
         header = {"hash": self.hash, "input": str(self.path), "queue": self.queue_name, "records": total,
@@ -258,7 +258,7 @@ class Submission:
 
     def results(self, counts: Counter):
         """RecordResults in input order: the daemon's, with the malformed records put back in place."""
-        from .results import invalid_result
+        from ..request.results import invalid_result
         reader = self.records()
         for chunk in range(self.chunks):
             answers = iter(self.answer(chunk))
@@ -285,7 +285,7 @@ class Submission:
         return {"mode": "file", "inputFile": str(target.relative_to(inbox)), "copied": True}
 
     def batch_phase(self) -> str:
-        from .journal import Journal
+        from ..batch.journal import Journal
         cid = f"submit:{self.hash}:file"
         return next((f"batch job {j.phase}" for j in Journal(self.settings.state_dir).jobs() if j.correlation_id == cid), "")
 

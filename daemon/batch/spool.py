@@ -22,10 +22,10 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from .claimcheck import fsync_dir, record_problem
-from .cleaning import CleanRecord, batch_problem, fold_text
-from .constants import BATCH_MAX_CHARS, BATCH_MAX_FILE_BYTES, BATCH_MIN_CHARS
-from .messages import Record
+from ..request.claimcheck import fsync_dir, record_problem
+from ..request.cleaning import CleanRecord, batch_problem, fold_text
+from ..constants import BATCH_MAX_CHARS, BATCH_MAX_FILE_BYTES, BATCH_MIN_CHARS
+from ..request.messages import Record
 
 MANIFEST_NAME = "manifest.jsonl"
 _BUFFER = 1 << 20

@@ -11,7 +11,7 @@ A plain rule, documented in the README:
 from __future__ import annotations
 
 from .cleaning import CleanRecord
-from .constants import SYNC_MAX_CHARS
+from ..constants import SYNC_MAX_CHARS
 from .results import Refusal
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import aiohttp
 import structlog
 
-from .logs import register_secret
+from ..logs import register_secret
 from .quota import write_atomically
 
 BLOCKED_BACKOFF = 900.0  # the endpoint answered 403: the service blocks for ~15 minutes

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .quota import write_atomically
+from ..api.quota import write_atomically
 
 # spooling -> creating -> uploading -> polling -> downloading -> delivering (then removed)
 PHASES = ("spooling", "creating", "uploading", "polling", "downloading", "delivering")

@@ -33,9 +33,9 @@ def models_main(args) -> int:
 
 
 def _main(args, command: str, topic: str | None) -> int:
-    from .api import ApiError, QuotaExhausted
-    from .config import settings_for_command
-    from .logs import configure_logging
+    from ..api.client import ApiError, QuotaExhausted
+    from ..config import settings_for_command
+    from ..logs import configure_logging
     settings = settings_for_command(args.config)
     configure_logging(settings.log_format, level="warning")  # logs go to stderr; stdout is the answer
     try:
@@ -53,14 +53,14 @@ def _main(args, command: str, topic: str | None) -> int:
 
 async def _run(settings, command: str, topic: str | None, as_json: bool) -> int:
     import aiohttp
-    from .api import ApiCaller, ApiError, call_tracing
-    from .limiter import CallLimiter
-    from .quota import QuotaLedger
-    from .token import TokenProvider
+    from ..api.client import ApiCaller, ApiError, call_tracing
+    from ..api.limiter import CallLimiter
+    from ..api.quota import QuotaLedger
+    from ..api.token import TokenProvider
     emulator = scratch = None
     if settings.uses_emulator:
-        from .emulator import EmulatorConfig, EmulatorServer, Faults
-        from .emulator.settings import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+        from ..emulator import EmulatorConfig, EmulatorServer, Faults
+        from ..emulator.settings import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
         print("coderd: no api_url is configured, so there is no coding API to ask: this answer comes from "
               "coderd's BUILT-IN EMULATOR, not the real ABS service", file=sys.stderr)
         emulator = await EmulatorServer(EmulatorConfig(faults=Faults(latency=0))).start()

@@ -14,12 +14,12 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic.json_schema import GenerateJsonSchema
 
-from . import __version__
-from .config import Settings
-from .intake import request_queue_arguments
-from .messages import CodeRequest, Record, RecordResult, Reply
+from .. import __version__
+from ..config import Settings
+from ..broker.intake import request_queue_arguments
+from ..request.messages import CodeRequest, Record, RecordResult, Reply
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 GENERATED = "Generated from the pydantic models by `python -m daemon.asyncapi`: do not edit."
 DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}

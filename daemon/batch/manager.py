@@ -20,18 +20,20 @@ from urllib.parse import quote
 
 import aiohttp
 
-from . import metrics, presigned
-from .api import ApiCaller, ApiError, QuotaExhausted
-from .catalog import ModelCatalog, refusal_for
-from .batch_replies import batch_reply
-from .claimcheck import ClaimCheckError, read_records, resolve_inside
-from .config import Settings
+from ..ops import metrics
+
+from . import presigned
+from ..api.client import ApiCaller, ApiError, QuotaExhausted
+from ..api.catalog import ModelCatalog, refusal_for
+from .delivery import batch_reply
+from ..request.claimcheck import ClaimCheckError, read_records, resolve_inside
+from ..config import Settings
 from .journal import Job, Journal, Part
-from .logs import get_logger
-from .replies import ReplyPublisher
-from .results import JobFailed
+from ..logs import get_logger
+from ..broker.replies import ReplyPublisher
+from ..request.results import JobFailed
 from .spool import spool
-from .token import TokenUnavailable
+from ..api.token import TokenUnavailable
 
 MAX_OPERATIONS = 3  # per part: a timed-out or lost operation is replaced this many times
 MAX_URL_REFRESHES = 3

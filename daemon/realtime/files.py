@@ -11,13 +11,13 @@ import asyncio
 from itertools import islice
 from pathlib import Path
 
-from .batch_replies import encode_line
-from .claimcheck import OutputFile, read_records
-from .cleaning import clean_records
-from .messages import CodeRequest
-from .packing import CallKey
-from .results import JobFailed, failed_reply
-from .sync_worker import SyncJob, SyncWorker, pending_records
+from ..batch.delivery import encode_line
+from ..request.claimcheck import OutputFile, read_records
+from ..request.cleaning import clean_records
+from ..request.messages import CodeRequest
+from .backlog import CallKey
+from ..request.results import JobFailed, failed_reply
+from .worker import SyncJob, SyncWorker, pending_records
 
 CHUNK = 3000  # records held in memory at a time: ten full calls
 
