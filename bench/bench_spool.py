@@ -25,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.request.claimcheck import OutputFile, read_records  # noqa: E402
 from daemon.batch.mapping import map_results  # noqa: E402
 from daemon.batch.spool import spool  # noqa: E402
+from daemon.durable import AtomicFile
+from daemon.request.claimcheck import read_records  # noqa: E402
 
 TITLES = ["software developer", "registered nurse", "chef", "truck driver", "primary school teacher",
           "sales assistant", "café owner", "electrician", "accountant", "brickie", "aged care worker",
@@ -102,7 +103,7 @@ def main() -> None:
 
         started = time.perf_counter()
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        with OutputFile(output) as out:
+        with AtomicFile(output) as out:
             write = out.write_line
             counts = map_results(summary.manifest, outputs, lambda result: write(dumps(result)))
         map_s = time.perf_counter() - started

@@ -82,8 +82,8 @@ def _list_jobs(args) -> int:
     import json
     import time
 
-    from .config import settings_for_command
     from .batch.journal import Journal
+    from .config import settings_for_command
 
     settings = settings_for_command(args.config, credentials_required=False)
     jobs = Journal(settings.state_dir).jobs()

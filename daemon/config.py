@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 from urllib.parse import unquote, urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .logs import mask_url_passwords
 

@@ -7,21 +7,21 @@ import contextlib
 
 import aiohttp
 
-from .api.client import ApiCaller, call_tracing
-from .batch.manager import BatchManager
 from .api.catalog import ModelCatalog
-from .config import Settings
-from .request.dispatch import Dispatcher
-from .ops.endpoints import DaemonView, OperatorEndpoints
-from .broker.intake import Intake
-from .batch.journal import Journal
+from .api.client import ApiCaller, call_tracing
 from .api.limiter import CallLimiter
-from .logs import get_logger, register_secret
 from .api.quota import QuotaLedger
+from .api.token import TokenProvider
+from .batch.journal import Journal
+from .batch.manager import BatchManager
+from .broker.intake import Intake
 from .broker.replies import ReplyPublisher
+from .config import Settings
+from .logs import get_logger, register_secret
+from .ops.endpoints import DaemonView, OperatorEndpoints
 from .ops.sdnotify import SystemdNotifier
 from .realtime.worker import SyncWorker
-from .api.token import TokenProvider
+from .request.dispatch import Dispatcher
 
 SHUTDOWN_GRACE = 20.0  # seconds for requests in flight to get their replies at SIGTERM
 

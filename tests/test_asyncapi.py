@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 import yaml
 
-from daemon.tools import asyncapi
 from daemon.request.messages import CodeRequest, InvalidMessage, Reply, parse_request
+from daemon.tools import asyncapi
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ("record", "records", "inputFile")

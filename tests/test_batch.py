@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import quiet_config
-from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
 from harness import ROOT
+
+from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
 
 PARTNER = dict(tier="partner", requests_per_second=10, batch_poll_seconds=0.2)
 

@@ -39,3 +39,45 @@ def test_batch_limits():
     assert batch_problem(clean("x" * 200, "y" * 100)) is None
     assert "3-300" in batch_problem(clean("x" * 200, "y" * 101))
     assert batch_problem(clean("", "")) is not None
+
+
+# --- properties ------------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from daemon.request.cleaning import clean_records, record_problem  # noqa: E402
+from daemon.request.messages import Record  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+record_like = st.fixed_dictionaries({}, optional={
+    "recordId": json_values, "occp_text": json_values, "tasks_text": json_values, "other": json_values})
+
+
+@given(st.text())
+def test_folded_text_is_clean_and_folding_again_changes_nothing(text):
+    folded = fold_text(text)
+    assert all(" " <= ch <= "~" for ch in folded)
+    assert "  " not in folded and folded == folded.strip()
+    assert fold_text(folded) == folded
+
+
+@given(record_like | json_values)
+def test_the_record_rule_agrees_with_the_contracts_record_model(raw):
+    try:
+        Record.model_validate(raw)
+        valid = True
+    except ValueError:
+        valid = False
+    assert (record_problem(raw) is None) == valid
+
+
+@given(st.lists(record_like | json_values, max_size=20))
+def test_clean_records_sets_aside_exactly_the_records_the_rule_refuses(raws):
+    cleaned, problems = clean_records(raws)
+    assert len(cleaned) == len(raws)
+    for index, raw in enumerate(raws):
+        assert (index in problems) == (record_problem(raw) is not None) == (cleaned[index] is None)

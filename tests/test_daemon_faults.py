@@ -6,12 +6,12 @@ import subprocess
 
 import aio_pika
 import pytest
-
 from conftest import quiet_config
-from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
 from harness import AMQP_URL, EmulatorProcess
 from proxy import TcpProxy
+
 from daemon.constants import DELIVERY_LIMIT
+from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
 
 
 def requests(n: int, prefix: str = "c"):

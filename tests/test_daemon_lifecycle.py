@@ -7,9 +7,10 @@ import sys
 import uuid
 
 from conftest import quiet_config
+from harness import ROOT, DaemonProcess, daemon_env
+
 from daemon.emulator import Faults
 from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
-from harness import ROOT, DaemonProcess, daemon_env
 
 GUIDE = {"occp_text": "software developer", "tasks_text": "writing code and unit tests"}
 

@@ -3,8 +3,8 @@
 import uuid
 
 import pytest
-
 from conftest import quiet_config
+
 from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
 
 GUIDE = {"occp_text": "software developer", "tasks_text": "writing code and unit tests"}

@@ -2,8 +2,8 @@
 
 import json
 
-
 from conftest import PUBLIC, ApiClient
+
 from daemon.emulator import Client
 
 KMS = "x-amz-server-side-encryption-aws-kms-key-id"

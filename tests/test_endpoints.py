@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import quiet_config
-from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
 from harness import ROOT
+from prometheus_client.parser import text_string_to_metric_families
 from test_emulator_cli import free_port
+
+from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
 
 GUIDE = {"occp_text": "software developer", "tasks_text": "writing code and unit tests"}
 

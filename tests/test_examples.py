@@ -8,7 +8,6 @@ import sys
 
 import jsonschema
 import pytest
-
 from harness import AMQP_URL, ROOT
 
 EXAMPLES = ROOT / "examples"

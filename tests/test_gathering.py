@@ -8,10 +8,10 @@ import os
 import sys
 
 import pytest
-
 from conftest import quiet_config
-from daemon.emulator import EmulatorServer
 from harness import ROOT
+
+from daemon.emulator import EmulatorServer
 
 ANZSCO_LATEST, ANZSCO_OLDER = "00000000-0000-0000-0000-000000000002", "00000000-0000-0000-0000-000000000003"
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from daemon.request.cleaning import clean
 from daemon.request.messages import InvalidMessage, Reply, parse_request
 from daemon.request.results import completed_reply, failed_reply, invalid_result, sync_result
 from daemon.request.routing import Refusal, choose_route
-from daemon.request.cleaning import clean
 
 
 def body(**fields):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from daemon.request.cleaning import clean
 from daemon.realtime.backlog import Backlog, CallKey, PendingRecord, coding_body, match_results, offending_indexes
+from daemon.request.cleaning import clean
 
 A = CallKey("anzsco", None, 3)
 B = CallKey("osca", None, 3)

@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from daemon.request.claimcheck import read_records
 from daemon.batch.mapping import NO_RESULT, MappingCounts, batch_result, map_results
-from daemon.request.results import echo_input
 from daemon.batch.spool import spool
+from daemon.request.claimcheck import read_records
+from daemon.request.results import echo_input
 
 CODE = {"codeCategory": "261313", "codeLabel": "Software Engineer", "codeConfidence": 0.9}
 SUGGESTIONS = [{"codeCategory": str(n), "codeLabel": f"Label {n}", "codeConfidence": 0.1} for n in range(3)]
@@ -223,12 +223,6 @@ def test_manifest_echo_is_echo_input(tmp_path, raw):
     assert entry["in"] == echo_input(raw)
 
 
-def test_record_rules_beyond_json_come_from_record(tmp_path):
-    # bytes never come from JSON, but Record accepts them; the spool agrees with Record
-    summary = spool([({"occp_text": b"chef", "tasks_text": "cooking"}, None)], tmp_path / "job")
-    assert summary.invalid == 0 and summary.parts[0].records == 1
-
-
 def test_batch_result_shapes():
     entry = {"id": "r1", "in": {"occp_text": "chef", "tasks_text": ""}}
     ok = batch_result(entry, {"recordId": "0", "codeStatus": "successful", "result": CODE})
@@ -243,16 +237,3 @@ def test_batch_result_shapes():
     bad = batch_result({**entry, "err": "too long"}, {"codeStatus": "successful", "result": CODE})
     assert (bad["codeStatus"], bad["result"], bad["error"]) == ("invalid", [], "too long")
     assert batch_result(entry, None)["error"] == NO_RESULT
-
-
-def test_fold_shortcut_equals_fold_text():
-    from daemon.request.cleaning import fold_text
-    from daemon.batch.spool import fold
-
-    alphabet = ["a", "Z", " ", "  ", "\t", "\n", "\x1c", "\x1f", "\x7f", "\x00", "\u00e9", "\u2013", "\u00a0",
-                "\u2028", "'", '"', "\\", "~"]
-    rng = random.Random(3)
-    samples = ["", " ", "a", " a", "a ", "a  b", "a b", "\x1fa", "plain text", "caf\u00e9"]
-    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(5000)]
-    for text in samples:
-        assert fold(text) == fold_text(text), repr(text)

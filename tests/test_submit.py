@@ -10,11 +10,12 @@ import signal
 import sys
 
 import pytest
-
 from conftest import quiet_config
-from daemon.tools.convert import CSV_COLUMNS
-from daemon.emulator import Faults, ThreadedEmulatorServer as EmulatorServer
 from harness import ROOT
+
+from daemon.emulator import Faults
+from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
+from daemon.tools.convert import CSV_COLUMNS
 
 JOBS = ["registered nurse", "truck driver", "software developer", "chef", "primary school teacher"]
 

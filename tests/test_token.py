@@ -10,14 +10,13 @@ import time
 
 import aiohttp
 import pytest
-from structlog.testing import capture_logs
-
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from daemon.api import token as token_module
-from daemon.emulator import Client, EmulatorConfig, EmulatorServer, Faults
 from daemon.api.token import TokenProvider, TokenUnavailable
+from daemon.emulator import Client, EmulatorConfig, EmulatorServer, Faults
 
 CLIENT_ID, CLIENT_SECRET = "client1", "secret123"
 

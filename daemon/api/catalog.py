@@ -7,8 +7,8 @@ import asyncio
 import time
 from urllib.parse import quote
 
-from .client import ApiCaller, ApiError
 from ..request.results import Refusal
+from .client import ApiCaller, ApiError
 
 RECHECK_SECONDS = 3600.0
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import Callable
+
+from ..durable import write_atomically
 
 SECONDS_PER_DAY = 86400  # UTC days are exactly this long in epoch time (no leap seconds)
 RESET_SLACK = 0.05  # sleep just past midnight, so the re-check sees the new day
@@ -18,22 +18,6 @@ MAX_SLEEP = 300.0  # re-read the wall clock at least this often (it may be stepp
 
 def utc_day(epoch: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(epoch))
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a temporary file beside `path` and rename it over: readers never see half a
-    file. The temporary file is created with `mode`, so a secret is never world-readable."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # unique: replicas may share the dir
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class QuotaLedger:

@@ -16,11 +16,12 @@ from typing import Callable
 import aiohttp
 import structlog
 
+from ..backoff import Backoff
+from ..durable import write_atomically
 from ..logs import register_secret
-from .quota import write_atomically
 
 BLOCKED_BACKOFF = 900.0  # the endpoint answered 403: the service blocks for ~15 minutes
-TRANSIENT_BACKOFF = (5.0, 15.0, 30.0, 60.0)  # after the 1st, 2nd, 3rd, later unanswered requests
+TRANSIENT_BACKOFF = Backoff(base=5.0, cap=60.0, jitter=False)  # 5, 10, 20, 40, 60 s after unanswered requests
 MAX_REFETCH_INTERVAL = 3600.0  # the service's own guidance: one token request an hour
 DEFAULT_LIFETIME = 3600.0  # if the endpoint leaves out expires_in
 TOKEN_TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -163,7 +164,7 @@ class TokenProvider:
             backoff, message = BLOCKED_BACKOFF, "token endpoint is blocking this client (HTTP 403)"
         else:
             self._transient_failures += 1
-            backoff = TRANSIENT_BACKOFF[min(self._transient_failures, len(TRANSIENT_BACKOFF)) - 1]
+            backoff = TRANSIENT_BACKOFF.delay(self._transient_failures)
             message = f"token endpoint failed: {detail}"
         self._not_before, self._last_failure = now + backoff, message
         if status == 403:

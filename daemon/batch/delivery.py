@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..request.claimcheck import OutputFile, resolve_inside
+from ..durable import AtomicFile
+from ..request.claimcheck import resolve_inside
+from ..request.results import failed_reply
 from .journal import Job
 from .mapping import map_results
-from ..request.results import failed_reply
 
 # One encoder for every line: json.dumps with arguments builds a new one per call.
 encode_line = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
@@ -22,7 +23,7 @@ def batch_reply(job: Job, directory: Path, outbox_dir: Path) -> dict:
     manifest, outputs = directory / "manifest.jsonl", [directory / p.result for p in job.parts]
     reply = {"status": "completed", "topic": job.topic, "model": job.resolved_model, "route": "batch"}
     if job.kind == "file":
-        with OutputFile(resolve_inside(outbox_dir, job.output_file, must_exist=False)) as output:
+        with AtomicFile(resolve_inside(outbox_dir, job.output_file, must_exist=False)) as output:
             counts = map_results(manifest, outputs, lambda result: output.write_line(encode_line(result)))
         reply["output"] = {"file": job.output_file, "records": counts.records, "successful": counts.successful,
                            "unsuccessful": counts.unsuccessful, "invalid": counts.invalid}

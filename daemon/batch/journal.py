@@ -4,18 +4,16 @@ API would see, so a restarted daemon resumes the same operation instead of start
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..api.quota import write_atomically
+from ..durable import fsync_dir, write_atomically
 
-# spooling -> creating -> uploading -> polling -> downloading -> delivering (then removed)
+# A job's phases, in order; after delivering it is removed.
 PHASES = ("spooling", "creating", "uploading", "polling", "downloading", "delivering")
-
 
 @dataclass
 class Part:
@@ -69,16 +67,9 @@ class Journal:
         directory = self.directory(job)
         directory.mkdir(parents=True, exist_ok=True)
         if inline_records is not None:
-            with open(directory / "request.json", "w") as handle:
-                json.dump(inline_records, handle, separators=(",", ":"))
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_atomically(directory / "request.json", json.dumps(inline_records, separators=(",", ":")), mode=0o600)
         self.save(job)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(directory)
 
     def save(self, job: Job) -> None:
         directory = self.directory(job)

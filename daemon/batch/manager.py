@@ -20,20 +20,20 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ..ops import metrics
-
-from . import presigned
-from ..api.client import ApiCaller, ApiError, QuotaExhausted
 from ..api.catalog import ModelCatalog, refusal_for
-from .delivery import batch_reply
-from ..request.claimcheck import ClaimCheckError, read_records, resolve_inside
-from ..config import Settings
-from .journal import Job, Journal, Part
-from ..logs import get_logger
-from ..broker.replies import ReplyPublisher
-from ..request.results import JobFailed
-from .spool import spool
+from ..api.client import ApiCaller, ApiError, QuotaExhausted
 from ..api.token import TokenUnavailable
+from ..backoff import Backoff
+from ..broker.replies import ReplyPublisher
+from ..config import Settings
+from ..logs import get_logger
+from ..ops import metrics
+from ..request.claimcheck import ClaimCheckError, read_records, resolve_inside
+from ..request.results import JobFailed
+from . import presigned
+from .delivery import batch_reply
+from .journal import Job, Journal, Part
+from .spool import spool
 
 MAX_OPERATIONS = 3  # per part: a timed-out or lost operation is replaced this many times
 MAX_URL_REFRESHES = 3
@@ -197,7 +197,7 @@ class BatchManager:
                 if error.status in (401, 404):
                     raise
                 attempt += 1
-                await asyncio.sleep(min(self.settings.batch_poll_seconds, 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1))
+                await asyncio.sleep(Backoff(base=2.0, cap=min(self.settings.batch_poll_seconds, 256.0)).delay(attempt))
 
     def _topic_path(self, job: Job) -> str:
         return f"/topics/{quote(job.topic, safe='')}"

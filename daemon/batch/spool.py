@@ -14,18 +14,14 @@ the number of records. Blocking IO, for `asyncio.to_thread`.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import ValidationError
-
-from ..request.claimcheck import fsync_dir, record_problem
-from ..request.cleaning import CleanRecord, batch_problem, fold_text
 from ..constants import BATCH_MAX_CHARS, BATCH_MAX_FILE_BYTES, BATCH_MIN_CHARS
-from ..request.messages import Record
+from ..durable import fsync_dir, sync_and_close
+from ..request.cleaning import CleanRecord, batch_problem, fold_text, record_problem
 
 MANIFEST_NAME = "manifest.jsonl"
 _BUFFER = 1 << 20
@@ -46,39 +42,9 @@ class SpoolSummary:
     invalid: int = 0  # positions not spooled (manifest "err")
     manifest: Path | None = None
 
-    @property
-    def valid(self) -> int:
-        return self.total - self.invalid
-
 
 def part_path(job_dir: Path, number: int) -> Path:
     return job_dir / f"spool-{number:03d}.jsonl"
-
-
-_ID_TYPES = (str, int, float, bool)
-
-
-def fold(text: str) -> str:
-    """cleaning.fold_text, without its regexes for text that is already clean (most is):
-    printable ASCII with no double or edge spaces folds to itself."""
-    if text.isascii() and text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
-        return text
-    return fold_text(text)
-
-
-def _check(raw: Any) -> tuple[str | None, Any, Any, Any]:
-    """(error, occp_text, tasks_text, recordId) by Record's rules: the hand check for JSON
-    values, Record itself for anything else (e.g. a dict subclass, bytes)."""
-    error = record_problem(raw)
-    if not isinstance(raw, dict):
-        return error, None, None, None
-    if error is None:
-        return None, raw.get("occp_text"), raw.get("tasks_text"), raw.get("recordId")
-    try:
-        model = Record.model_validate(raw)
-    except ValidationError:
-        return error, None, None, None
-    return None, model.occp_text, model.tasks_text, model.recordId
 
 
 def _id_json(rid: Any) -> str:
@@ -116,17 +82,9 @@ class _Parts:
 
     def close(self) -> None:
         if self.file is not None:
-            _close_durably(self.file)
+            sync_and_close(self.file)
             self.done.append(SpoolPart(self.path, self.records, self.size))
             self.file = None
-
-
-def _close_durably(file) -> None:
-    try:
-        file.flush()
-        os.fsync(file.fileno())
-    finally:
-        file.close()
 
 
 def _remove_previous(job_dir: Path) -> None:
@@ -153,22 +111,17 @@ def spool(records: Iterable[tuple[Any, str | None]], job_dir: Path, *,
     total = invalid = 0
     manifest = open(manifest_path, "w", encoding="ascii", newline="", buffering=_BUFFER)
     try:
-        write_manifest, write_part, folded = manifest.write, parts.write, fold
+        write_manifest, write_part, folded = manifest.write, parts.write, fold_text
         for position, (raw, error) in enumerate(records):
             total += 1
             if error is None:
-                if type(raw) is dict:
-                    occp, tasks, rid = raw.get("occp_text"), raw.get("tasks_text"), raw.get("recordId")
-                    if not ((occp is None or type(occp) is str) and (tasks is None or type(tasks) is str)
-                            and (rid is None or type(rid) in _ID_TYPES)):
-                        error, occp, tasks, rid = _check(raw)
-                else:
-                    error, occp, tasks, rid = _check(raw)
+                error = record_problem(raw)
             if error is not None:  # malformed (raw is its text) or not a Record (raw kept)
                 invalid += 1
                 write_manifest('{"id":%s,"in":{"occp_text":%s,"tasks_text":%s},"err":%s}\n' % (
                     _scalar_id(raw), *_echo_pair(raw), _quote(error)))
                 continue
+            occp, tasks, rid = raw.get("occp_text"), raw.get("tasks_text"), raw.get("recordId")
             occp = folded(occp) if occp else ""
             tasks = folded(tasks) if tasks else ""
             head = '{"id":%s,"in":{"occp_text":%s,"tasks_text":%s}' % (
@@ -180,7 +133,7 @@ def spool(records: Iterable[tuple[Any, str | None]], job_dir: Path, *,
             write_manifest(head + "}\n")
             write_part('{"recordId":"%d","occp_text":%s,"tasks_text":%s}\n' % (position, _quote(occp), _quote(tasks)))
         parts.close()
-        _close_durably(manifest)
+        sync_and_close(manifest)
     except BaseException:
         manifest.close()
         if parts.file is not None:

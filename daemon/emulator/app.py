@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-
 from aiohttp import web
 
 from . import batch, catalog, objects, realtime

@@ -43,6 +43,3 @@ class Limits:
 
     def count(self, client_id: str) -> None:
         self.calls_by_day[(client_id, utc_day(self.clock.now()))] += 1
-
-    def used_today(self, client_id: str) -> int:
-        return self.calls_by_day[(client_id, utc_day(self.clock.now()))]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 

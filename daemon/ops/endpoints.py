@@ -11,13 +11,13 @@ from typing import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import metrics
-from ..broker.intake import Intake
-from ..batch.journal import Journal
 from ..api.limiter import CallLimiter
-from ..logs import get_logger
 from ..api.quota import QuotaLedger
 from ..api.token import TokenProvider
+from ..batch.journal import PHASES, Journal
+from ..broker.intake import Intake
+from ..logs import get_logger
+from . import metrics
 
 log = get_logger("coderd.http")
 
@@ -133,7 +133,7 @@ class OperatorEndpoints:
         metrics.broker_connected.set(1 if self.broker_connected() else 0)
         metrics.set_consumer_state(self.consumer_state())
         phases = Counter(job.phase for job in view.journal.jobs())
-        for phase in ("spooling", "creating", "uploading", "polling", "downloading", "delivering"):
+        for phase in PHASES:
             metrics.batch_jobs.labels(phase).set(phases.get(phase, 0))
         return web.Response(body=generate_latest(metrics.REGISTRY),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})

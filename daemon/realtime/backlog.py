@@ -11,8 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Protocol
 
-from ..request.cleaning import CleanRecord
 from ..constants import MAX_RECORDS_PER_CALL
+from ..request.cleaning import CleanRecord
 
 
 class CallKey(NamedTuple):

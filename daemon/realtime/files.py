@@ -12,11 +12,12 @@ from itertools import islice
 from pathlib import Path
 
 from ..batch.delivery import encode_line
-from ..request.claimcheck import OutputFile, read_records
+from ..durable import AtomicFile
+from ..request.claimcheck import read_records
 from ..request.cleaning import clean_records
 from ..request.messages import CodeRequest
-from .backlog import CallKey
 from ..request.results import JobFailed, failed_reply
+from .backlog import CallKey
 from .worker import SyncJob, SyncWorker, pending_records
 
 CHUNK = 3000  # records held in memory at a time: ten full calls
@@ -27,7 +28,7 @@ async def code_file_via_sync(worker: SyncWorker, request: CodeRequest, source: P
     records = read_records(source)
     counts = {"records": 0, "successful": 0, "unsuccessful": 0, "invalid": 0}
     model = request.model
-    with OutputFile(target) as output:
+    with AtomicFile(target) as output:
         while chunk := await asyncio.to_thread(lambda: list(islice(records, CHUNK))):
             raw = [record for record, _ in chunk]
             errors = {index: error for index, (_, error) in enumerate(chunk) if error}

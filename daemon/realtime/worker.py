@@ -8,21 +8,21 @@ to their requests. When idle a slot is free at once, so a lone request waits for
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any, Callable
 from urllib.parse import quote
 
-from ..ops import metrics
-from ..api.client import ApiCaller, ApiError, QuotaExhausted
 from ..api.catalog import ModelCatalog, refusal_for
-from ..request.cleaning import CleanRecord, sync_problem
-from ..logs import get_logger
-from .backlog import Backlog, CallKey, PendingRecord, coding_body, match_results, offending_indexes
-from ..request.results import JobFailed, Refusal, invalid_result, sync_result
+from ..api.client import ApiCaller, ApiError, QuotaExhausted
 from ..api.token import TokenUnavailable
+from ..backoff import Backoff
+from ..logs import get_logger
+from ..ops import metrics
+from ..request.cleaning import CleanRecord, sync_problem
+from ..request.results import JobFailed, Refusal, invalid_result, sync_result
+from .backlog import Backlog, CallKey, PendingRecord, coding_body, match_results, offending_indexes
 
 MAX_ATTEMPTS = 6  # per record; then its request fails with upstream_error
-MAX_BACKOFF = 30.0
+RETRY_BACKOFF = Backoff(base=1.0, cap=30.0)
 LONG_WAIT = 60.0  # a token outage longer than this fails requests instead of holding them
 
 log = get_logger("coderd.sync")
@@ -82,11 +82,6 @@ def pending_records(job: SyncJob, cleaned: list[CleanRecord | None], problems: d
     return pending
 
 
-def backoff(attempt: int) -> float:
-    """Exponential with full jitter, so replicas and retries don't march in step."""
-    return random.uniform(0.5, 1.0) * min(MAX_BACKOFF, 2.0 ** (attempt - 1))
-
-
 class SyncWorker:
     def __init__(self, caller: ApiCaller, catalog: ModelCatalog,
                  on_quota_exhausted: Callable[[], None]) -> None:
@@ -95,7 +90,6 @@ class SyncWorker:
         self.backlog = Backlog()
         self._wake = asyncio.Event()
         self._calls: set[asyncio.Task] = set()
-        self.calls_made = 0
 
     def submit(self, key: CallKey, records: list[PendingRecord]) -> None:
         self.backlog.add(key, records)
@@ -158,7 +152,7 @@ class SyncWorker:
             except ApiError as error:
                 refusal = refusal_for(error)
                 if refusal is None:
-                    self.caller.limiter.penalize(backoff(1))
+                    self.caller.limiter.penalize(RETRY_BACKOFF.delay(1))
                     taken = self.backlog.take_key(key)
                     self._retry(key, taken, error)
                     return
@@ -166,7 +160,6 @@ class SyncWorker:
 
     async def _code(self, token: str, key: CallKey, model: str, batch: list[PendingRecord]) -> None:
         path = f"/topics/{quote(key.topic, safe='')}/models/{quote(model, safe='')}/code"
-        self.calls_made += 1
         try:
             answer = await self.caller.send(token, "POST", path, coding_body(batch, key.suggestions))
             pairs = match_results(batch, answer)
@@ -197,7 +190,7 @@ class SyncWorker:
             self._refuse(batch, refusal)
         elif error.transient:
             if error.status != 403:  # a refused token is re-fetched; no need to slow down
-                self.caller.limiter.penalize(backoff(max(p.attempts for p in batch) + 1))
+                self.caller.limiter.penalize(RETRY_BACKOFF.delay(max(p.attempts for p in batch) + 1))
             self._retry(key, batch, error)
         else:
             self._refuse(batch, Refusal("upstream_error", f"coding API answered {error}"))

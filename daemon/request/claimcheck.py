@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
+
+from .cleaning import json_type, record_problem
 
 MAX_LINE_BYTES = 1 << 20  # a longer JSONL line is reported as malformed, not read whole
 _RAW_TEXT_CHARS = 1000    # how much of a malformed line is kept for the caller
 _BUFFER = 1 << 20
-_TEXT_FIELDS = ("occp_text", "tasks_text")
+_TEXT_FIELDS = ("occp_text", "tasks_text")  # CSV columns
 
 
 class ClaimCheckError(Exception):
@@ -64,29 +64,6 @@ def default_output_name(input_name: str) -> str:
 
 
 # --- reading records ----------------------------------------------------------------
-
-_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
-               list: "array", dict: "object"}
-
-
-def json_type(value: Any) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def record_problem(raw: Any) -> str | None:
-    """Why `raw` is not a record by messages.Record's rules (texts str or null, recordId
-    str/number/null), or None. A fast hand check: equivalent to Record for JSON values."""
-    if not isinstance(raw, dict):
-        return f"a record must be a JSON object, not {json_type(raw)}"
-    for key in _TEXT_FIELDS:
-        value = raw.get(key)
-        if value is not None and not isinstance(value, str):
-            return f"{key} must be a string or null, not {json_type(value)}"
-    rid = raw.get("recordId")
-    if rid is not None and not isinstance(rid, (str, int, float)):
-        return f"recordId must be a string, a number or null, not {json_type(rid)}"
-    return None
-
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
@@ -202,54 +179,3 @@ def read_records(path: Path) -> Iterator[tuple[Any, str | None]]:
     if path.suffix.lower() == ".csv":
         return _read_csv(path, _csv_header(path))
     return _read_jsonl(path)
-
-
-# --- writing the output -------------------------------------------------------------
-
-class OutputFile:
-    """Write `final` completely or not at all: lines go to a hidden temp file in the same
-    directory, which replaces `final` (after fsync) only when the `with` block succeeds."""
-
-    def __init__(self, final: Path) -> None:
-        self.final = Path(final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.temp = self.final.with_name(f".{self.final.name}.partial-{uuid.uuid4().hex}")
-        self.lines = 0
-        self._file = None
-
-    def __enter__(self) -> "OutputFile":
-        # backslashreplace: a lone surrogate (from a JSON "\ud800" escape, written with
-        # ensure_ascii=False) becomes the same escape again instead of failing the file.
-        self._file = open(self.temp, "w", encoding="utf-8", errors="backslashreplace", buffering=_BUFFER)
-        return self
-
-    def write_line(self, line: str) -> None:
-        """One line; the newline is added here."""
-        self._file.write(line)
-        self._file.write("\n")
-        self.lines += 1
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        file, self._file = self._file, None
-        try:
-            if exc_type is None:
-                file.flush()
-                os.fsync(file.fileno())
-            file.close()
-            if exc_type is None:
-                os.replace(self.temp, self.final)
-                fsync_dir(self.final.parent)
-        except BaseException:
-            file.close()
-            self.temp.unlink(missing_ok=True)
-            raise
-        if exc_type is not None:
-            self.temp.unlink(missing_ok=True)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from anyascii import anyascii
 
@@ -20,6 +21,8 @@ _SPACES = re.compile(r"\s+")
 def fold_text(text: str) -> str:
     """Transliterate to ASCII (accents, typographic punctuation), keep only printable
     characters, and collapse runs of whitespace to one space."""
+    if text.isascii() and text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text  # already clean, as most text is: skip the regexes
     ascii_text = text if text.isascii() else anyascii(text)
     ascii_text = _SPACES.sub(" ", ascii_text)
     return _NOT_PRINTABLE.sub("", ascii_text).strip()
@@ -42,27 +45,39 @@ def clean(occp_text: str | None, tasks_text: str | None) -> CleanRecord:
     return CleanRecord(fold_text(occp_text or ""), fold_text(tasks_text or ""))
 
 
-NOT_A_RECORD = "a record must be an object with string occp_text and tasks_text"
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
+               list: "array", dict: "object"}
+_TEXT_FIELDS = ("occp_text", "tasks_text")
+
+
+def json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def record_problem(raw: Any) -> str | None:
+    """Why a parsed JSON value is not a record, or None: the one rule for every route and
+    every source (inline, JSONL, CSV). `messages.Record` is its schema, for producers."""
+    if not isinstance(raw, dict):
+        return f"a record must be a JSON object, not {json_type(raw)}"
+    for key in _TEXT_FIELDS:
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{key} must be a string or null, not {json_type(value)}"
+    rid = raw.get("recordId")
+    if rid is not None and not isinstance(rid, (str, int, float)):
+        return f"recordId must be a string, a number or null, not {json_type(rid)}"
+    return None
 
 
 def clean_records(raw_records: list, known_problems: dict[int, str] | None = None
                   ) -> tuple[list[CleanRecord | None], dict[int, str]]:
     """Cleaned records (None where a record is unusable) and why each unusable one is."""
-    from .messages import Record  # the contract's record model
-
     cleaned: list[CleanRecord | None] = []
     problems = dict(known_problems or {})
     for index, raw in enumerate(raw_records):
-        if index in problems:
-            cleaned.append(None)
-            continue
-        try:
-            record = Record.model_validate(raw)
-        except ValueError:
-            problems[index] = NOT_A_RECORD
-            cleaned.append(None)
-            continue
-        cleaned.append(clean(record.occp_text, record.tasks_text))
+        if index not in problems and (problem := record_problem(raw)) is not None:
+            problems[index] = problem
+        cleaned.append(None if index in problems else clean(raw.get("occp_text"), raw.get("tasks_text")))
     return cleaned, problems
 
 

@@ -7,20 +7,20 @@ import uuid
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from ..ops import metrics
-from ..batch.manager import BatchManager
-from .claimcheck import ClaimCheckError, default_output_name, resolve_inside
-from .cleaning import CleanRecord, clean_records
-from ..config import Settings
 from ..batch.journal import Job
-from ..logs import get_logger
-from .messages import CodeRequest, InvalidMessage, parse_request
-from ..realtime.backlog import CallKey
+from ..batch.manager import BatchManager
 from ..broker.replies import ReplyPublisher
-from .results import JobFailed, Refusal, completed_reply, failed_reply
-from .routing import choose_route
+from ..config import Settings
+from ..logs import get_logger
+from ..ops import metrics
+from ..realtime.backlog import CallKey
 from ..realtime.files import code_file_via_sync
 from ..realtime.worker import HandedBack, SyncJob, SyncWorker, pending_records
+from .claimcheck import ClaimCheckError, default_output_name, resolve_inside
+from .cleaning import CleanRecord, clean_records
+from .messages import CodeRequest, InvalidMessage, parse_request
+from .results import JobFailed, Refusal, completed_reply, failed_reply
+from .routing import choose_route
 
 log = get_logger("coderd.requests")
 

@@ -10,8 +10,8 @@ A plain rule, documented in the README:
 
 from __future__ import annotations
 
-from .cleaning import CleanRecord
 from ..constants import SYNC_MAX_CHARS
+from .cleaning import CleanRecord
 from .results import Refusal
 
 

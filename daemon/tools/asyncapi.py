@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import GenerateJsonSchema
 
 from .. import __version__
-from ..config import Settings
 from ..broker.intake import request_queue_arguments
+from ..config import Settings
 from ..request.messages import CodeRequest, Record, RecordResult, Reply
 
 ROOT = Path(__file__).resolve().parents[2]

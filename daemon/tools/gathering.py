@@ -53,6 +53,7 @@ def _main(args, command: str, topic: str | None) -> int:
 
 async def _run(settings, command: str, topic: str | None, as_json: bool) -> int:
     import aiohttp
+
     from ..api.client import ApiCaller, ApiError, call_tracing
     from ..api.limiter import CallLimiter
     from ..api.quota import QuotaLedger

@@ -3,7 +3,15 @@ results as the guide's flat CSV beside it. Resumable after any interruption: see
 
 from __future__ import annotations
 
-import asyncio, contextlib, csv, hashlib, json, os, shutil, sys, time  # noqa: E401
+import asyncio  # noqa: E401
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -102,8 +110,9 @@ class Submission:
     async def run(self) -> int:
         import aio_pika
         from tqdm import tqdm
-        from ..request.claimcheck import read_records
+
         from ..broker.intake import FailoverConnection
+        from ..request.claimcheck import read_records
         s, a, self.aio_pika, self.records = self.settings, self.args, aio_pika, lambda: read_records(self.path)
         self.total = total = await asyncio.to_thread(lambda: sum(1 for _ in self.records()))
         header = {"hash": self.hash, "input": str(self.path), "queue": self.queue_name, "records": total,
