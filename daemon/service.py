@@ -1,9 +1,19 @@
-"""The daemon's life: start the shared services, consume, pause for the quota, stop cleanly."""
+"""The daemon's life: its parts built in dependency order, started in that order, and
+stopped in reverse, each awaited (one `AsyncExitStack`).
+
+    coding API (or the built-in emulator) -> supervisor -> HTTP session -> the core
+    (token, limiter, quota ledger, catalog, real-time worker, batch manager, finisher,
+    dispatcher) -> operator endpoints -> broker link -> intake
+
+At SIGTERM the intake stops first (requests in flight get a grace period, the rest go
+back to the queue), then the batch manager and the worker, then the broker link.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -12,131 +22,115 @@ from .api.client import ApiCaller, call_tracing
 from .api.limiter import CallLimiter
 from .api.quota import QuotaLedger
 from .api.token import TokenProvider
-from .batch.journal import Journal
 from .batch.manager import BatchManager
+from .broker.connection import BrokerLink
 from .broker.intake import Intake
 from .broker.replies import ReplyPublisher
 from .config import Settings
 from .logs import get_logger, register_secret
 from .ops.endpoints import DaemonView, OperatorEndpoints
 from .ops.sdnotify import SystemdNotifier
+from .ops.supervisor import Supervisor
 from .realtime.worker import SyncWorker
 from .request.dispatch import Dispatcher
-
-SHUTDOWN_GRACE = 20.0  # seconds for requests in flight to get their replies at SIGTERM
+from .request.finish import Finisher, Publisher
 
 log = get_logger("coderd")
 
 
-async def start_embedded_emulator(settings: Settings):
-    """With no api_url, coderd codes through its built-in emulator (the default run)."""
+@contextlib.asynccontextmanager
+async def coding_api(settings: Settings):
+    """(settings, client secret) for the coding API: the configured one, or with no
+    api_url, coderd's built-in emulator, started here and stopped on exit."""
+    if not settings.uses_emulator:
+        yield settings, settings.client_secret.get_secret_value()
+        return
     from .emulator import EmulatorServer
     from .emulator.settings import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
     server = await EmulatorServer().start()
-    log.warning("using_builtin_emulator", url=server.url,
-                note="api_url is not set: coding through coderd's BUILT-IN EMULATOR of the coding API, "
-                     "not the real ABS service")
-    updated = settings.model_copy(update={
-        "api_url": server.url, "auth_url": server.url,
-        "client_id": settings.client_id or DEFAULT_CLIENT_ID,
-    })
-    secret = settings.client_secret.get_secret_value() if settings.client_secret else DEFAULT_CLIENT_SECRET
-    return server, updated, secret
+    try:
+        log.warning("using_builtin_emulator", url=server.url,
+                    note="api_url is not set: coding through coderd's BUILT-IN EMULATOR of the coding API, "
+                         "not the real ABS service")
+        updated = settings.model_copy(update={
+            "api_url": server.url, "auth_url": server.url,
+            "client_id": settings.client_id or DEFAULT_CLIENT_ID,
+        })
+        secret = settings.client_secret.get_secret_value() if settings.client_secret else DEFAULT_CLIENT_SECRET
+        yield updated, secret
+    finally:
+        await server.stop()
+
+
+@dataclass
+class Core:
+    """Everything from a request's body to its reply, without the broker edge: the daemon
+    runs it behind the intake; tests drive `dispatcher.handle` directly."""
+
+    settings: Settings
+    tokens: TokenProvider
+    limiter: CallLimiter
+    ledger: QuotaLedger
+    caller: ApiCaller
+    catalog: ModelCatalog
+    worker: SyncWorker
+    batch: BatchManager
+    finisher: Finisher
+    dispatcher: Dispatcher
+
+    @property
+    def components(self) -> tuple:
+        """What must be started (in this order) before a request is dispatched."""
+        return self.worker, self.batch
+
+
+def build_core(settings: Settings, secret: str, session: aiohttp.ClientSession, publisher: Publisher,
+               supervisor: Supervisor) -> Core:
+    tokens = TokenProvider(session, settings.auth_url, settings.client_id, secret, settings.state_dir)
+    limiter = CallLimiter(settings.requests_per_second)
+    ledger = QuotaLedger(settings.state_dir, settings.daily_quota)
+    caller = ApiCaller(session, settings.api_url, tokens, limiter, ledger)
+    catalog = ModelCatalog(caller)
+    finisher = Finisher(publisher)
+    worker = SyncWorker(caller, catalog, supervisor)
+    batch = BatchManager(settings, caller, catalog, session, finisher, supervisor)
+    dispatcher = Dispatcher(settings, worker, batch, finisher)
+    return Core(settings, tokens, limiter, ledger, caller, catalog, worker, batch, finisher, dispatcher)
 
 
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.intake: Intake | None = None
-        self.ledger: QuotaLedger | None = None
-        self._paused: asyncio.Task | None = None
         self.notifier = SystemdNotifier()
 
     async def run(self, stop: asyncio.Event) -> int:
-        # The watchdog pings from the event loop: a stuck loop stops them and systemd restarts us.
-        watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
-        try:
-            return await self._run(stop)
-        finally:
-            watchdog.cancel()
-
-    async def _run(self, stop: asyncio.Event) -> int:
-        settings, emulator = self.settings, None
-        if settings.uses_emulator:
-            emulator, settings, secret = await start_embedded_emulator(settings)
-        else:
-            secret = settings.client_secret.get_secret_value()
-        for value in [secret, *settings.secret_values()]:
-            register_secret(value)
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        log.info("starting", settings=settings.public_view())
-        async with aiohttp.ClientSession(trace_configs=[call_tracing()]) as session:
-            tokens = TokenProvider(session, settings.auth_url, settings.client_id, secret, settings.state_dir)
-            limiter = CallLimiter(settings.requests_per_second)
-            self.ledger = QuotaLedger(settings.state_dir, settings.daily_quota)
-            caller = ApiCaller(session, settings.api_url, tokens, limiter, self.ledger)
-            catalog = ModelCatalog(caller)
-            worker = SyncWorker(caller, catalog, on_quota_exhausted=self.pause_for_quota)
-            self.intake = intake = Intake(settings, handle=self._handle, on_first_delivery=limiter.guard)
+        async with contextlib.AsyncExitStack() as stack:
+            settings, secret = await stack.enter_async_context(coding_api(self.settings))
+            for value in [secret, *settings.secret_values()]:
+                register_secret(value)
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+            log.info("starting", settings=settings.public_view())
+            supervisor = await stack.enter_async_context(Supervisor())
+            session = await stack.enter_async_context(aiohttp.ClientSession(trace_configs=[call_tracing()]))
+            link = BrokerLink(settings)
+            publisher = ReplyPublisher(link, settings.default_reply_queue)
+            core = build_core(settings, secret, session, publisher, supervisor)
+            intake = Intake(settings, link, core.dispatcher.handle, publisher, core.limiter)
             endpoints = OperatorEndpoints(*settings.http_host_port, DaemonView(
-                intake, tokens, self.ledger, limiter, Journal(settings.state_dir),
-                paused=lambda: self._paused is not None and not self._paused.done()))
-            await endpoints.start()
-            await intake.connect()
-            publisher = ReplyPublisher(intake.reply_channel, settings.default_reply_queue)
-            batch = BatchManager(settings, caller, catalog, session, publisher)
-            self.dispatcher = Dispatcher(settings, worker, batch, publisher)
-            worker_task = asyncio.create_task(worker.run(), name="sync-worker")
-            await batch.start()
-            try:
-                if self.ledger.exhausted:
-                    self.pause_for_quota()
-                else:
-                    await intake.start_consuming()
-                self.notifier.notify("READY=1", "STATUS=paused: daily quota used up" if self.ledger.exhausted
-                                     else f"STATUS=consuming {settings.request_queue}")
-                await stop.wait()
-                self.notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
-                log.info("stopping", in_flight=len(intake.tasks))
-                await self._shutdown(intake, worker)
-            finally:
-                await batch.stop()
-                worker_task.cancel()
-                if self._paused is not None:
-                    self._paused.cancel()
-                await intake.close()
-                await endpoints.stop()
-                if emulator is not None:
-                    await emulator.stop()
+                settings, link, intake, core.tokens, core.ledger, core.limiter, core.batch.journal, supervisor))
+            if core.ledger.exhausted:
+                await intake.pause("daily quota used up: consuming resumes at 00:00 UTC")
+            for component in (endpoints, link, *core.components, intake):
+                await stack.enter_async_context(component)
+            supervisor.start_task("quota-pause", lambda: intake.follow_quota(core.ledger))
+            stack.push_async_callback(supervisor.stop_task, "quota-pause")  # before the intake stops
+            if self.notifier.enabled and self.notifier.watchdog_interval is not None:
+                # From the event loop: if the loop stalls the pings stop and systemd restarts us.
+                supervisor.start_task("sd-watchdog", self.notifier.watchdog)
+            self.notifier.notify("READY=1", f"STATUS={intake.paused_for}" if intake.paused_for
+                                 else f"STATUS=consuming {settings.request_queue}")
+            await stop.wait()
+            self.notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
         log.info("stopped")
         return 0
-
-    async def _handle(self, message) -> None:
-        await self.dispatcher.handle(message)
-
-    async def _shutdown(self, intake: Intake, worker: SyncWorker) -> None:
-        """Stop taking messages, let what is in flight finish, hand back the rest."""
-        await intake.stop_consuming()
-        if intake.tasks:
-            _, late = await asyncio.wait(set(intake.tasks), timeout=SHUTDOWN_GRACE)
-            for task in late:
-                task.cancel()  # each hands its message back to the queue
-            if late:
-                await asyncio.wait(late, timeout=10)
-                log.warning("handed_back_at_shutdown", requests=len(late))
-
-    def pause_for_quota(self) -> None:
-        """The day's calls are used up: stop consuming so requests wait in the queue,
-        not unacked past the broker's consumer timeout, and resume at 00:00 UTC."""
-        if self._paused is None or self._paused.done():
-            self._paused = asyncio.get_running_loop().create_task(self._pause_until_reset())
-
-    async def _pause_until_reset(self) -> None:
-        await self.intake.stop_consuming()
-        log.warning("quota_exhausted", used=self.ledger.used,
-                    resumes_in_seconds=round(self.ledger.seconds_until_reset()))
-        await self.ledger.wait_for_reset()
-        log.info("quota_reset")
-        with contextlib.suppress(Exception):
-            await self.intake.start_consuming()

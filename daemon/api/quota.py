@@ -26,6 +26,7 @@ class QuotaLedger:
         self.daily_quota = daily_quota
         self.clock = clock
         self._day, self._used = utc_day(clock()), 0
+        self._spent = asyncio.Event()  # set whenever the day is seen to be used up
         self._merge_saved()
 
     def _merge_saved(self) -> None:
@@ -60,18 +61,30 @@ class QuotaLedger:
 
     @property
     def exhausted(self) -> bool:
-        return self.used >= self.daily_quota
+        if self.used < self.daily_quota:
+            return False
+        self._spent.set()
+        return True
+
+    async def wait_exhausted(self) -> None:
+        """Return once today's calls are seen to be used up (by us, a replica, or the API)."""
+        while not self.exhausted:
+            self._spent.clear()
+            await self._spent.wait()
 
     def count(self, calls: int = 1) -> None:
         """Calls were made (or are about to be): count them and persist at once."""
         self._merge_saved()
         self._used += max(0, calls)
         self._save()
+        if self._used >= self.daily_quota:
+            self._spent.set()
 
     def mark_exhausted(self) -> None:
         """The API said 429 "Limit Exceeded": whatever we counted, today is used up."""
         self._merge_saved()
         self._used = max(self._used, self.daily_quota)
+        self._spent.set()
         self._save()
 
     def seconds_until_reset(self) -> float:

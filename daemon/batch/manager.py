@@ -24,32 +24,36 @@ from ..api.catalog import ModelCatalog, refusal_for
 from ..api.client import ApiCaller, ApiError, QuotaExhausted
 from ..api.token import TokenUnavailable
 from ..backoff import Backoff
-from ..broker.replies import ReplyPublisher
 from ..config import Settings
+from ..lifecycle import Component
 from ..logs import get_logger
 from ..ops import metrics
+from ..ops.supervisor import Supervisor
 from ..request.claimcheck import ClaimCheckError, read_records, resolve_inside
+from ..request.finish import Finisher
+from ..request.incoming import ReplyAddress
 from ..request.results import JobFailed
 from . import presigned
-from .delivery import batch_reply
 from .journal import Job, Journal, Part
+from .reply import batch_reply
 from .spool import spool
 
 MAX_OPERATIONS = 3  # per part: a timed-out or lost operation is replaced this many times
 MAX_URL_REFRESHES = 3
+TASK = "batch-manager"
 
 log = get_logger("coderd.batch")
 
 
-class BatchManager:
+class BatchManager(Component):
     def __init__(self, settings: Settings, caller: ApiCaller, catalog: ModelCatalog,
-                 session: aiohttp.ClientSession, publisher: ReplyPublisher) -> None:
+                 session: aiohttp.ClientSession, finisher: Finisher, supervisor: Supervisor) -> None:
         self.settings, self.caller, self.catalog = settings, caller, catalog
-        self.session, self.publisher = session, publisher
+        self.session, self.finisher, self.supervisor = session, finisher, supervisor
         self.journal = Journal(settings.state_dir)
-        self.running: dict[str, asyncio.Task] = {}
+        self.running: dict[str, asyncio.Task] = {}  # strong references to job tasks
         self._lock_fd: int | None = None
-        self._scanner: asyncio.Task | None = None
+        self._wake = asyncio.Event()
 
     # --- which process runs jobs --------------------------------------------------
 
@@ -59,39 +63,51 @@ class BatchManager:
 
     async def start(self) -> None:
         self.journal.root.mkdir(parents=True, exist_ok=True)
+        self.supervisor.start_task(TASK, self.run)
+
+    async def stop(self) -> None:
+        await self.supervisor.stop_task(TASK)
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()  # every phase is journaled: the next start resumes it
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def run(self) -> None:
+        """Supervised: take the batch lock, then run every journaled job; scan again when
+        a job is submitted, and every batch_poll_seconds for jobs journaled by a replica
+        (one that became the active consumer while this process held the lock)."""
+        if not self.holds_lock:
+            await self._take_lock()
+            self.journal.remove_orphans()
+        while True:
+            self._wake.clear()
+            for job in self.journal.jobs():
+                self._spawn(job)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.batch_poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _take_lock(self) -> None:
         fd = os.open(self.journal.root.parent / "batch.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("batch_standby", reason="another coderd process runs the batch jobs in this state_dir")
-            self._scanner = asyncio.create_task(self._wait_for_lock(fd))
-            return
-        self._took_lock(fd)
-
-    async def _wait_for_lock(self, fd: int) -> None:
-        # A blocking flock returns when the holder exits. It runs in a daemon thread, not
-        # the loop's executor, so a shutdown never waits for it.
-        loop, acquired = asyncio.get_running_loop(), asyncio.Event()
-        threading.Thread(target=lambda: (fcntl.flock(fd, fcntl.LOCK_EX), loop.call_soon_threadsafe(acquired.set)),
-                         name="batch-lock", daemon=True).start()
-        await acquired.wait()
-        self._took_lock(fd)
-
-    def _took_lock(self, fd: int) -> None:
+            # A blocking flock returns when the holder exits. It runs in a daemon thread, not
+            # the loop's executor, so a shutdown never waits for it.
+            loop, acquired = asyncio.get_running_loop(), asyncio.Event()
+            threading.Thread(target=lambda: (fcntl.flock(fd, fcntl.LOCK_EX),
+                                             loop.call_soon_threadsafe(acquired.set)),
+                             name="batch-lock", daemon=True).start()
+            await acquired.wait()
         self._lock_fd = fd
-        self.journal.remove_orphans()
-        self._scanner = asyncio.get_running_loop().create_task(self._scan_forever())
-
-    async def _scan_forever(self) -> None:
-        # Jobs journaled by another replica (one that became the active consumer while
-        # this process held the lock) are picked up on the next scan.
-        while True:
-            for job in self.journal.jobs():
-                self._spawn(job)
-            await asyncio.sleep(self.settings.batch_poll_seconds)
 
     def submit(self, job: Job) -> None:
-        """Run a job that has just been journaled (the request is acked already)."""
+        """Run a job that has just been journaled."""
         if self.holds_lock:
             self._spawn(job)
 
@@ -101,15 +117,6 @@ class BatchManager:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"batch-{job.job_id}")
         self.running[job.job_id] = task
         task.add_done_callback(lambda _t: self.running.pop(job.job_id, None))
-
-    async def stop(self) -> None:
-        tasks = [t for t in (self._scanner, *self.running.values()) if t is not None]
-        for task in tasks:
-            task.cancel()  # every phase is journaled: the next start resumes it
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     # --- one job ------------------------------------------------------------------
 
@@ -152,8 +159,9 @@ class BatchManager:
             await self._deliver(job)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("batch_job_error", job_id=job.job_id)  # left journaled: retried on the next scan
+        except Exception:  # noqa: BLE001 - left journaled: retried on the next scan
+            log.exception("batch_job_error", job_id=job.job_id)
+            metrics.task_crashes.labels("batch-job").inc()
 
     async def _spool(self, job: Job) -> None:
         directory = self.journal.directory(job)
@@ -285,9 +293,6 @@ class BatchManager:
     async def _deliver(self, job: Job) -> None:
         directory = self.journal.directory(job)
         reply = await asyncio.to_thread(batch_reply, job, directory, self.settings.outbox_dir)
-        await self.publisher.publish(reply, job.reply_to, job.correlation_id)
-        metrics.observe_reply(reply, time.time() - job.created_at)
+        await self.finisher.finish(ReplyAddress(job.correlation_id, job.reply_to), reply,
+                                   elapsed=time.time() - job.created_at, job_id=job.job_id)
         self.journal.remove(job)
-        log.info("request_done", correlation_id=job.correlation_id, status=reply["status"], route="batch",
-                 records=job.total, job_id=job.job_id,
-                 error=reply["error"]["code"] if reply.get("error") else None)

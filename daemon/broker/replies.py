@@ -6,10 +6,11 @@ import json
 import uuid
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
 
 from ..logs import get_logger
+from .connection import BrokerLink
 
 log = get_logger("coderd.replies")
 
@@ -17,9 +18,8 @@ UNDELIVERABLE_HEADER = "x-coderd-undeliverable-to"
 
 
 class ReplyPublisher:
-    def __init__(self, channel: AbstractChannel, default_reply_queue: str) -> None:
-        # The channel must have publisher confirms on and on_return_raises=True.
-        self.channel = channel
+    def __init__(self, link: BrokerLink, default_reply_queue: str) -> None:
+        self.link = link  # its reply channel has publisher confirms on and returns raised
         self.default_reply_queue = default_reply_queue
 
     async def publish(self, reply: dict, reply_to: str | None, correlation_id: str) -> None:
@@ -50,7 +50,7 @@ class ReplyPublisher:
             correlation_id=message.correlation_id, reply_to=message.reply_to,
             message_id=message.message_id or uuid.uuid4().hex, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        await self.channel.default_exchange.publish(copy, routing_key=queue, mandatory=True)
+        await self.link.reply_channel.default_exchange.publish(copy, routing_key=queue, mandatory=True)
 
     async def _send(self, body: bytes, routing_key: str, correlation_id: str, headers: dict) -> None:
         message = aio_pika.Message(
@@ -61,4 +61,4 @@ class ReplyPublisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers=headers or None,
         )
-        await self.channel.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
+        await self.link.reply_channel.default_exchange.publish(message, routing_key=routing_key, mandatory=True)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,9 +13,13 @@ from ..api.limiter import CallLimiter
 from ..api.quota import QuotaLedger
 from ..api.token import TokenProvider
 from ..batch.journal import PHASES, Journal
+from ..broker.connection import BrokerLink
 from ..broker.intake import Intake
+from ..config import Settings
+from ..lifecycle import Component
 from ..logs import get_logger
 from . import metrics
+from .supervisor import Supervisor
 
 log = get_logger("coderd.http")
 
@@ -26,21 +28,22 @@ log = get_logger("coderd.http")
 class DaemonView:
     """The running parts the endpoints report on."""
 
+    settings: Settings
+    link: BrokerLink
     intake: Intake
     tokens: TokenProvider
     ledger: QuotaLedger
     limiter: CallLimiter
     journal: Journal
-    paused: Callable[[], bool]
+    supervisor: Supervisor
 
 
-class OperatorEndpoints:
+class OperatorEndpoints(Component):
     def __init__(self, host: str, port: int, view: DaemonView) -> None:
         self.host, self.port, self.view = host, port, view
         self._runner: web.AppRunner | None = None
-        self._probe_channel = None
 
-    async def start(self) -> int:
+    async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -50,38 +53,13 @@ class OperatorEndpoints:
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.port = self._runner.addresses[0][1]
         log.info("http_listening", host=self.host, port=self.port)
-        return self.port
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def consumer_state(self) -> str:
-        intake = self.view.intake
-        if self.view.paused():
-            return "paused"
-        if not intake.consuming:
-            return "stopped"
-        # Single active consumer gives no signal of standing by: a replica that has had
-        # no delivery since it subscribed is either the standby or idle.
-        return "active" if intake.active else "waiting"
-
-    def broker_connected(self) -> bool:
-        connection = self.view.intake.connection
-        return connection is not None and not connection.is_closed and connection.connected.is_set()
-
     async def queue_depth(self) -> int:
-        if not self.broker_connected():
-            return -1
-        try:
-            if self._probe_channel is None or self._probe_channel.is_closed:
-                self._probe_channel = await self.view.intake.connection.channel()
-            declared = await asyncio.wait_for(self._probe_channel.declare_queue(
-                self.view.intake.settings.request_queue, passive=True), 2)
-            return declared.declaration_result.message_count
-        except Exception:  # a probe must never fail the endpoint
-            self._probe_channel = None
-            return -1
+        return await self.view.link.queue_depth(self.view.settings.request_queue)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -92,17 +70,18 @@ class OperatorEndpoints:
 
     async def snapshot(self) -> dict:
         view, reasons = self.view, []
-        connected = self.broker_connected()
-        consumer = self.consumer_state()
+        connected = view.link.connected
+        consumer = view.intake.state
         token_ok, token_note = view.tokens.obtainable()
         if not connected:
             reasons.append("not connected to the broker")
         if consumer == "paused":
-            reasons.append("daily quota used up: consuming resumes at 00:00 UTC")
+            reasons.append(view.intake.paused_for)
         elif consumer == "stopped":
             reasons.append("not consuming")
         if not token_ok:
             reasons.append(f"no token obtainable: {token_note}")
+        reasons += view.supervisor.problems()
         calls, records = metrics.recent_calls.last_minute()
         jobs = Counter(job.phase for job in view.journal.jobs())
         return {
@@ -115,6 +94,7 @@ class OperatorEndpoints:
             "last_minute": {"calls": calls, "records": records},
             "queue_depth": await self.queue_depth(),
             "batch_jobs": dict(jobs),
+            "tasks": view.supervisor.snapshot(),
         }
 
     def token_age(self) -> float | None:
@@ -130,8 +110,8 @@ class OperatorEndpoints:
         metrics.token_requests.set(view.tokens.fetches)
         metrics.throttle_wait.set(view.limiter.waited)
         metrics.queue_depth.set(await self.queue_depth())
-        metrics.broker_connected.set(1 if self.broker_connected() else 0)
-        metrics.set_consumer_state(self.consumer_state())
+        metrics.broker_connected.set(1 if view.link.connected else 0)
+        metrics.set_consumer_state(view.intake.state)
         phases = Counter(job.phase for job in view.journal.jobs())
         for phase in PHASES:
             metrics.batch_jobs.labels(phase).set(phases.get(phase, 0))

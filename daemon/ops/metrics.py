@@ -37,6 +37,8 @@ consumer_state = Gauge("coderd_consumer", "1 for the consumer's current state",
                        ["state"], registry=REGISTRY)
 broker_connected = Gauge("coderd_broker_connected", "1 when connected to the broker", registry=REGISTRY)
 batch_jobs = Gauge("coderd_batch_jobs", "Journaled batch jobs, by phase", ["phase"], registry=REGISTRY)
+task_crashes = Counter("coderd_task_crashes", "Crashes of supervised tasks (each one is restarted), by task",
+                       ["task"], registry=REGISTRY)
 
 CONSUMER_STATES = ("active", "waiting", "paused", "stopped")
 

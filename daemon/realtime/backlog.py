@@ -1,10 +1,11 @@
-"""Packing records from many requests into 300-record coding calls, and mapping back.
+"""Records waiting for a real-time coding call, and packing them into 300-record calls.
 
 Plain data structures and functions, testable without a broker or an API.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import re
 from collections import deque
@@ -36,11 +37,21 @@ class PendingRecord:
     index: int  # position in its request
     record: CleanRecord
     attempts: int = 0
-    seq: int = field(default=0, compare=False)  # arrival order, for fairness across keys
+    max_call: int = MAX_RECORDS_PER_CALL  # fewer after the API refused a call with it (bisection)
+    seq: int = field(default=-1, compare=False)  # arrival order, set when first added
+
+
+def _arrival(pending: PendingRecord) -> int:
+    return pending.seq
 
 
 class Backlog:
-    """Records waiting for a coding call, grouped by CallKey, oldest first."""
+    """Records waiting for a coding call, grouped by CallKey, each group in arrival order.
+
+    Invariants (checked by `check()`, and by a state-machine test): the size is the sum of
+    the groups' lengths; no group is empty; every group is in arrival order; a record is
+    in the backlog at most once.
+    """
 
     def __init__(self) -> None:
         self._groups: dict[CallKey, deque[PendingRecord]] = {}
@@ -50,21 +61,27 @@ class Backlog:
     def __len__(self) -> int:
         return self._size
 
+    def keys(self) -> list[CallKey]:
+        return list(self._groups)
+
     def add(self, key: CallKey, records: Iterable[PendingRecord]) -> None:
-        group = self._groups.setdefault(key, deque())
+        """New records, at the end of their group."""
         for pending in records:
             pending.seq = next(self._seq)
-            group.append(pending)
+            self._groups.setdefault(key, deque()).append(pending)
             self._size += 1
 
     def put_back(self, key: CallKey, records: list[PendingRecord]) -> None:
-        """Return records of a failed call to the front, keeping their original order."""
-        group = self._groups.setdefault(key, deque())
-        group.extendleft(reversed(records))
+        """Records taken earlier (a failed call) go back where their arrival puts them."""
+        if not records:
+            return
+        group = self._groups.get(key)
+        merged = heapq.merge(sorted(records, key=_arrival), group or (), key=_arrival)
+        self._groups[key] = deque(merged)
         self._size += len(records)
 
     def peek_key(self) -> CallKey | None:
-        """The key take() would serve next."""
+        """The key take() would serve next: the one whose oldest record has waited longest."""
         if not self._groups:
             return None
         return min(self._groups, key=lambda k: self._groups[k][0].seq)
@@ -76,19 +93,23 @@ class Backlog:
         return list(group)
 
     def take(self, limit: int = MAX_RECORDS_PER_CALL) -> tuple[CallKey, list[PendingRecord]] | None:
-        """Up to `limit` records of the key whose oldest record has waited longest.
-
-        Records of requests already finished (failed or handed back) are dropped here.
+        """Up to `limit` records of the key whose oldest record has waited longest (fewer
+        if a record's `max_call` says so). Records of requests already finished (failed or
+        handed back) are dropped here.
         """
         while self._groups:
             key = self.peek_key()
             group = self._groups[key]
             batch: list[PendingRecord] = []
             while group and len(batch) < limit:
-                pending = group.popleft()
-                self._size -= 1
+                pending = group[0]
                 if not pending.owner.done:
+                    limit = min(limit, pending.max_call)
+                    if len(batch) >= limit:
+                        break
                     batch.append(pending)
+                group.popleft()
+                self._size -= 1
             if not group:
                 del self._groups[key]
             if batch:
@@ -101,6 +122,17 @@ class Backlog:
         self._groups.clear()
         self._size = 0
         return everything
+
+    def check(self) -> None:
+        """Raise AssertionError if an invariant is broken."""
+        assert self._size == sum(len(g) for g in self._groups.values()), "size is not the sum of the groups"
+        seen: set[int] = set()
+        for key, group in self._groups.items():
+            assert group, f"group {key} is empty"
+            seqs = [p.seq for p in group]
+            assert seqs == sorted(seqs), f"group {key} is out of arrival order"
+            assert not seen.intersection(map(id, group)), "a record is in the backlog twice"
+            seen.update(map(id, group))
 
 
 def coding_body(batch: list[PendingRecord], suggestions: int) -> dict:

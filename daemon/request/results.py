@@ -16,6 +16,13 @@ class Refusal:
     message: str
 
 
+@dataclass(frozen=True)
+class HandBack:
+    """The request goes back to its queue untouched, to be done later (quota, shutdown)."""
+
+    reason: str
+
+
 class JobFailed(Exception):
     """A request's work failed as a whole; it is answered with a failed reply."""
 

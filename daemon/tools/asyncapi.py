@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import GenerateJsonSchema
 
 from .. import __version__
-from ..broker.intake import request_queue_arguments
+from ..broker.connection import request_queue_arguments
 from ..config import Settings
 from ..request.messages import CodeRequest, Record, RecordResult, Reply
 

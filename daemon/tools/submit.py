@@ -111,7 +111,7 @@ class Submission:
         import aio_pika
         from tqdm import tqdm
 
-        from ..broker.intake import FailoverConnection
+        from ..broker.connection import FailoverConnection
         from ..request.claimcheck import read_records
         s, a, self.aio_pika, self.records = self.settings, self.args, aio_pika, lambda: read_records(self.path)
         self.total = total = await asyncio.to_thread(lambda: sum(1 for _ in self.records()))
