@@ -103,6 +103,9 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.notifier = SystemdNotifier()
+        self.ready = asyncio.Event()  # set once consuming (or paused for the quota)
+        self.core: Core | None = None
+        self.endpoints: OperatorEndpoints | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         async with contextlib.AsyncExitStack() as stack:
@@ -121,6 +124,7 @@ class Daemon:
                 settings, link, intake, core.tokens, core.ledger, core.limiter, core.batch.journal, supervisor))
             if core.ledger.exhausted:
                 await intake.pause("daily quota used up: consuming resumes at 00:00 UTC")
+            self.core, self.endpoints = core, endpoints
             for component in (endpoints, link, *core.components, intake):
                 await stack.enter_async_context(component)
             supervisor.start_task("quota-pause", lambda: intake.follow_quota(core.ledger))
@@ -130,6 +134,7 @@ class Daemon:
                 supervisor.start_task("sd-watchdog", self.notifier.watchdog)
             self.notifier.notify("READY=1", f"STATUS={intake.paused_for}" if intake.paused_for
                                  else f"STATUS=consuming {settings.request_queue}")
+            self.ready.set()
             await stop.wait()
             self.notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
         log.info("stopped")

@@ -121,3 +121,18 @@ async def coderd(tmp_path, broker):
         await daemon.kill()
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture
+def quiet_logs():
+    """Logs at warning and above, into a buffer the test can read (structlog reset after)."""
+    import io
+
+    import structlog
+
+    from daemon.logs import configure_logging
+
+    buffer = io.StringIO()
+    configure_logging("json", level="warning", stream=buffer)
+    yield buffer
+    structlog.reset_defaults()

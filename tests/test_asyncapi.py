@@ -162,7 +162,7 @@ def test_what_the_schema_accepts_coderd_accepts():
     bodies = [
         *load("request")["examples"],
         {"topic": "anzsco", "numberOfSuggestions": 0, "mode": "sync", "records": [{"occp_text": "nurse"}, {}]},
-        {"topic": "osca", "record": {"recordId": 7, "occp_text": None}, "records": None},
+        {"topic": "osca", "record": {"recordId": "7", "occp_text": None}, "records": None},
         {"topic": "osca", "inputFile": "in.csv", "outputFile": None, "unknown": "ignored"},
     ]
     for body in bodies:

@@ -89,7 +89,7 @@ def test_jsonl_malformed_lines_keep_their_position_and_blank_lines_are_skipped(t
     assert items[3] == ({"occp_text": 5}, "line 6: occp_text must be a string or null, not number")
     assert items[4][1].startswith("line 7: recordId must be")
     assert items[5][1].startswith("line 8 is not valid JSON")
-    assert items[6] == ({"recordId": 7, "occp_text": None}, None)
+    assert items[6] == ({"recordId": 7, "occp_text": None}, "line 9: recordId must be a string or null, not number")
     assert items[7] == ({"occp_text": "caf\ufffd"}, None)  # one bad byte: an odd line, not an unreadable file
     assert items[8] == ({"tasks_text": "last, no newline"}, None)
 

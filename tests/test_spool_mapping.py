@@ -56,13 +56,13 @@ INPUT = [
     b'{"recordId": "a", "occp_text": "caf\xc3\xa9 owner \xe2\x80\x93 \xe2\x80\x9chead\xe2\x80\x9d", "tasks_text": null}',
     b'{"occp_text": "gibberish xyzzy"}',
     b"",
-    b'{"recordId": 42, "occp_text": "' + b"x" * 301 + b'"}',
+    b'{"recordId": "42", "occp_text": "' + b"x" * 301 + b'"}',
     b'{"recordId": "empty", "occp_text": "  ", "tasks_text": ""}',
     b'{"recordId": "bad" "occp_text": "chef"}',
     b'["not", "an", "object"]',
     b'{"recordId": "typed", "occp_text": 7}',
     b'{"recordId": "b", "occp_text": "broken thing", "tasks_text": "x"}',
-    b'{"recordId": 3.5, "occp_text": "nurse", "tasks_text": "caring for patients"}',
+    b'{"recordId": "3.5", "occp_text": "nurse", "tasks_text": "caring for patients"}',
 ]
 
 
@@ -74,7 +74,7 @@ def input_file(tmp_path):
 
 
 def check_results(results, counts):
-    assert [r["recordId"] for r in results] == ["a", "a", None, 42, "empty", None, None, "typed", "b", 3.5]
+    assert [r["recordId"] for r in results] == ["a", "a", None, "42", "empty", None, None, "typed", "b", "3.5"]
     assert [r["codeStatus"] for r in results] == [
         "successful", "successful", "unsuccessful", "invalid", "invalid", "invalid", "invalid", "invalid",
         "unsuccessful", "successful"]

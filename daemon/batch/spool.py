@@ -13,7 +13,6 @@ the number of records. Blocking IO, for `asyncio.to_thread`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
@@ -25,7 +24,6 @@ from ..request.cleaning import CleanRecord, batch_problem, fold_text, record_pro
 
 MANIFEST_NAME = "manifest.jsonl"
 _BUFFER = 1 << 20
-_dumps = json.JSONEncoder(separators=(",", ":")).encode  # ensure_ascii: files are pure ASCII
 
 
 @dataclass
@@ -48,11 +46,7 @@ def part_path(job_dir: Path, number: int) -> Path:
 
 
 def _id_json(rid: Any) -> str:
-    if rid is None:
-        return "null"
-    if isinstance(rid, str):
-        return _quote(rid)
-    return _dumps(rid)
+    return _quote(rid) if isinstance(rid, str) else "null"
 
 
 def _echo(value: Any) -> str:
@@ -146,8 +140,7 @@ def spool(records: Iterable[tuple[Any, str | None]], job_dir: Path, *,
 
 def _scalar_id(raw: Any) -> str:
     """The recordId of an invalid record, when it is one a RecordResult can carry."""
-    rid = raw.get("recordId") if isinstance(raw, dict) else None
-    return _id_json(rid if isinstance(rid, (str, int, float)) else None)
+    return _id_json(raw.get("recordId") if isinstance(raw, dict) else None)
 
 
 def _echo_pair(raw: Any) -> tuple[str, str]:

@@ -21,6 +21,16 @@ async def gateway(request: web.Request, handler):
     if not request.path.startswith("/v1/"):
         return await handler(request)
     emulator = request.app[EMULATOR]
+    try:
+        response = await _gateway(emulator, request, handler)
+    except web.HTTPException as answer:
+        emulator.stats.count_status(answer.status)
+        raise
+    emulator.stats.count_status(response.status)
+    return response
+
+
+async def _gateway(emulator: Emulator, request: web.Request, handler):
     client_id = emulator.accounts.client_from_token(request.headers.get("Authorization"))
     if client_id is None:
         raise denied()

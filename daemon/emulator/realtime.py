@@ -96,6 +96,9 @@ async def code(request: web.Request) -> web.Response:
     topic = request.match_info["topic"]
     catalog.resolve(topic, request.match_info.get("model"))
     records, single, suggestions = parse_body(await request.read())
+    poison = request.app[EMULATOR].faults.reject_text
+    if poison and any(poison in str(value) for record in records for value in record.values()):
+        raise api_error(400, "Malformed record found in request")
     # In a thread, so the event loop keeps stamping other requests' arrival on time.
     results = await asyncio.to_thread(lambda: [code_record(topic, r, suggestions) for r in records])
     request.app[EMULATOR].stats.record_coding_call(len(records))

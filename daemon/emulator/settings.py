@@ -48,6 +48,7 @@ class Faults:
     lose_uploads: int = 0  # the next N uploads are answered 200 but never arrive
     expired_urls: int = 0  # the next N download URLs are issued already expired
     transfer_delay: float = 0.0  # seconds before a presigned upload or download is served
+    reject_text: str | None = None  # a coding call with a record containing this is refused whole (400)
 
     def update(self, changes: dict) -> None:
         known = {f.name: f.type for f in fields(self)}

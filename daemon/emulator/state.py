@@ -31,6 +31,10 @@ class Stats:
     records_per_call: list[int] = field(default_factory=list)
     operations_created: int = 0
     uploads: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)  # /v1 answers by HTTP status
+
+    def count_status(self, status: int) -> None:
+        self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
 
     def record_coding_call(self, records: int) -> None:
         self.coding_calls += 1

@@ -29,6 +29,9 @@ def render(address: str, state: dict) -> str:
         f"  queue depth   {depth}",
         f"  batch jobs    {jobs}",
     ]
+    down = {name: task for name, task in state.get("tasks", {}).items() if task["state"] != "running"}
+    lines.append("  tasks         " + (", ".join(f"{name} {task['state']}" for name, task in sorted(down.items()))
+                                      or "all running"))
     lines += [f"  why not ready: {reason}" for reason in state["reasons"]]
     return "\n".join(lines)
 

@@ -120,14 +120,16 @@ class Supervisor(Component):
         while True:
             task.state, task.wedged = "running", False
             task.beat()
-            task.current = asyncio.get_running_loop().create_task(task.run(), name=task.name)
+            task.current = None
             try:
+                task.current = asyncio.get_running_loop().create_task(task.run(), name=task.name)
                 await task.current
                 error: BaseException = RuntimeError("returned, but it should run until stopped")
             except asyncio.CancelledError:
                 if asyncio.current_task().cancelling():  # stopped: not a crash
-                    task.current.cancel()
-                    await asyncio.gather(task.current, return_exceptions=True)
+                    if task.current is not None:
+                        task.current.cancel()
+                        await asyncio.gather(task.current, return_exceptions=True)
                     raise
                 error = (TaskWedged(f"no progress for {task.idle_for():.0f} s while work was waiting")
                          if task.wedged else RuntimeError("cancelled from inside"))

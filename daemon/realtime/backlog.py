@@ -100,6 +100,12 @@ class Backlog:
         while self._groups:
             key = self.peek_key()
             group = self._groups[key]
+            if group[0].owner.done:  # choose by the oldest record still wanted
+                group.popleft()
+                self._size -= 1
+                if not group:
+                    del self._groups[key]
+                continue
             batch: list[PendingRecord] = []
             while group and len(batch) < limit:
                 pending = group[0]

@@ -57,8 +57,11 @@ def resolve_inside(base: Path, name: str, *, must_exist: bool, label: str = "fil
 
 
 def default_output_name(input_name: str) -> str:
-    """'census/sample.jsonl' -> 'census/sample.coded.jsonl'; 'noext' -> 'noext.coded.jsonl'."""
+    """'census/sample.jsonl' -> 'census/sample.coded.jsonl'; 'noext' -> 'noext.coded.jsonl'.
+    Call it with an input name that resolve_inside accepted (it names a file)."""
     path = PurePosixPath(input_name)
+    if not path.name or path.name in (".", ".."):
+        raise ClaimCheckError("path_not_allowed", f"file {input_name!r} does not name a file")
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     return str(path.with_name(f"{stem}.coded.jsonl"))
 

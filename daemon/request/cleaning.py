@@ -64,8 +64,8 @@ def record_problem(raw: Any) -> str | None:
         if value is not None and not isinstance(value, str):
             return f"{key} must be a string or null, not {json_type(value)}"
     rid = raw.get("recordId")
-    if rid is not None and not isinstance(rid, (str, int, float)):
-        return f"recordId must be a string, a number or null, not {json_type(rid)}"
+    if rid is not None and not isinstance(rid, str):
+        return f"recordId must be a string or null, not {json_type(rid)}"
     return None
 
 

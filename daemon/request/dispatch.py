@@ -83,9 +83,9 @@ class Dispatcher:
 
     async def _file(self, request: CodeRequest, incoming: Incoming, suggestions: int) -> Outcome:
         """An inputFile: a batch job on the partner tier, else coded through the sync worker."""
-        output_name = request.outputFile or default_output_name(request.inputFile)
         try:
             source = resolve_inside(self.settings.inbox_dir, request.inputFile, must_exist=True)
+            output_name = request.outputFile or default_output_name(request.inputFile)
             target = resolve_inside(self.settings.outbox_dir, output_name, must_exist=False)
         except ClaimCheckError as exc:
             return failed_reply(request.topic, request.model, None, exc.code, str(exc))

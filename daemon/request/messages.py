@@ -24,8 +24,9 @@ class Record(BaseModel):
     that is not like this is answered `invalid` on its own: the rest of the request is coded."""
 
     model_config = ConfigDict(extra="ignore")
-    recordId: str | int | float | None = Field(
-        None, description="Any identifier; need not be unique; echoed back untouched in its RecordResult.")
+    recordId: str | None = Field(
+        None, description="Any string; need not be unique; echoed back untouched in its RecordResult. A record "
+                          "whose recordId is not a string comes back `invalid` (with recordId null).")
     occp_text: str | None = Field(None, description="The occupation title as given, e.g. `software developer`.")
     tasks_text: str | None = Field(
         None, description="The main tasks as given. With occp_text, 3-100 characters after cleaning for "
@@ -90,6 +91,22 @@ class CodeRequest(BaseModel):
             raise ValueError("outputFile goes with inputFile")
         return self
 
+    @field_validator("inputFile", "outputFile")
+    @classmethod
+    def _names_a_file(cls, value: str | None) -> str | None:
+        """A file name, relative to its directory: whether it stays inside is checked later
+        (path_not_allowed); this is only its shape."""
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("must name a file")
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            raise ValueError("must not contain control characters")
+        last = value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        if value.endswith("/") or last in ("", ".", ".."):
+            raise ValueError("must name a file, not a directory")
+        return value
+
     @field_validator("model")
     @classmethod
     def _model_not_blank(cls, value: str | None) -> str | None:
@@ -111,17 +128,28 @@ class InvalidMessage(Exception):
         self.details = details or []
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# Strict JSON (RFC 8259): NaN and Infinity are refused, so no reply can ever carry one.
+_decode = json.JSONDecoder(parse_constant=_not_json).decode
+
+
 def parse_request(body: bytes) -> CodeRequest:
     try:
-        data = json.loads(body)
+        data = _decode(body.decode("utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidMessage(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidMessage("body is not JSON that can be read: it is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidMessage(f"body must be a JSON object, not {type(data).__name__}")
     try:
         return CodeRequest.model_validate(data)
     except ValidationError as exc:
-        details = [{"field": ".".join(map(str, e["loc"])) or None, "problem": e["msg"]} for e in exc.errors()]
+        details = [{"field": ".".join(map(str, e["loc"])) or None, "problem": e["msg"].removeprefix("Value error, ")}
+                   for e in exc.errors()]
         summary = "; ".join(f"{d['field']}: {d['problem']}" if d["field"] else d["problem"] for d in details)
         raise InvalidMessage(f"invalid request: {summary}", details) from None
 
@@ -155,7 +183,8 @@ class RecordResult(BaseModel):
     """The outcome of one record, one shape whichever route coded it."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [_RECORD_RESULT_EXAMPLE]})
-    recordId: str | int | float | None = Field(None, description="The record's `recordId`, echoed untouched.")
+    recordId: str | None = Field(None, description="The record's `recordId`, echoed untouched; null when it had "
+                                                   "none (or one that was not a string).")
     codeStatus: Literal["successful", "unsuccessful", "invalid"] = Field(
         description="`invalid`: the record was never sent to the API (`error` says why).")
     input: RecordInput

@@ -38,8 +38,10 @@ def echo_input(raw: Any) -> dict:
     return {"occp_text": "", "tasks_text": ""}
 
 
-def record_id(raw: Any) -> Any:
-    return raw.get("recordId") if isinstance(raw, dict) else None
+def record_id(raw: Any) -> str | None:
+    """The producer's recordId, echoed when it is a string (the only kind a record may have)."""
+    rid = raw.get("recordId") if isinstance(raw, dict) else None
+    return rid if isinstance(rid, str) else None
 
 
 def invalid_result(raw: Any, error: str) -> dict:
