@@ -106,6 +106,7 @@ class Daemon:
         self.ready = asyncio.Event()  # set once consuming (or paused for the quota)
         self.core: Core | None = None
         self.endpoints: OperatorEndpoints | None = None
+        self.intake: Intake | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         async with contextlib.AsyncExitStack() as stack:
@@ -124,7 +125,7 @@ class Daemon:
                 settings, link, intake, core.tokens, core.ledger, core.limiter, core.batch.journal, supervisor))
             if core.ledger.exhausted:
                 await intake.pause("daily quota used up: consuming resumes at 00:00 UTC")
-            self.core, self.endpoints = core, endpoints
+            self.core, self.endpoints, self.intake = core, endpoints, intake
             for component in (endpoints, link, *core.components, intake):
                 await stack.enter_async_context(component)
             supervisor.start_task("quota-pause", lambda: intake.follow_quota(core.ledger))

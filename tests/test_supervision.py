@@ -84,17 +84,17 @@ def notify_socket(tmp_path, monkeypatch):
 ])
 async def test_a_killed_task_is_restarted_and_reported_meanwhile(broker, tmp_path, monkeypatch, notify_socket,
                                                                  task, cls, method):
-    crashed = crash_first(monkeypatch, cls, method, times=3)
+    crashed = crash_first(monkeypatch, cls, method, times=2)
     async with EmulatorServer(quiet_config()) as api, aiohttp.ClientSession() as session, \
             daemon_in_process(broker, tmp_path, api) as (daemon, base):
         await broker.publish({"topic": "anzsco", "record": RECORD}, correlation_id="during")
         seen_503 = None
-        for _ in range(400):  # the three restarts take 3.5-7 s
+        for _ in range(400):  # the two restarts take 1.5-3 s
             async with session.get(f"{base}/readyz") as response:
                 state = await response.json()
             if response.status == 503 and seen_503 is None:
                 seen_503 = state["reasons"]
-            if response.status == 200 and seen_503 is not None and len(crashed) == 3:
+            if response.status == 200 and seen_503 is not None and len(crashed) == 2:
                 break
             await asyncio.sleep(0.05)
         assert response.status == 200, state
@@ -102,8 +102,28 @@ async def test_a_killed_task_is_restarted_and_reported_meanwhile(broker, tmp_pat
             counted = samples(await response.text())[("coderd_task_crashes_total", (("task", task),))]
         replies = await broker.answered({"during"}, timeout=30)
     assert any(f"task {task} is down" in reason and "injected crash" in reason for reason in seen_503), seen_503
-    assert counted >= 3
+    assert counted >= 2
     assert replies["during"]["status"] == "completed"
+
+
+async def test_at_shutdown_what_outlives_the_grace_period_goes_back_to_the_queue(broker, tmp_path, monkeypatch):
+    from daemon.broker import intake as intake_module
+
+    monkeypatch.setattr(intake_module, "SHUTDOWN_GRACE", 0.5)
+    async with EmulatorServer(quiet_config()) as api:
+        async with daemon_in_process(broker, tmp_path, api) as (daemon, _):
+            await broker.publish({"topic": "anzsco", "record": RECORD}, correlation_id="answered")
+            await broker.answered({"answered"}, timeout=30)
+            api.faults.stall, api.faults.stall_seconds = 100, 60  # what is in flight now cannot finish in time
+            for i in range(5):
+                await broker.publish({"topic": "anzsco", "record": RECORD}, correlation_id=f"late{i}")
+            while len(daemon.intake.tasks) < 5:
+                await asyncio.sleep(0.02)
+        assert await broker.message_count(broker.request_queue) == 5  # handed back, whole
+        api.faults.stall = 0
+        async with daemon_in_process(broker, tmp_path, api):
+            replies = await broker.answered({f"late{i}" for i in range(5)}, timeout=30)
+    assert all(r["status"] == "completed" for r in replies.values())
 
 
 async def test_after_an_outage_exhausts_retries_later_requests_of_any_key_complete(broker, tmp_path, monkeypatch):

@@ -24,9 +24,9 @@ log = get_logger("coderd.intake")
 
 class Intake(Component):
     def __init__(self, settings: Settings, link: BrokerLink, dispatch: Dispatch, requeuer: Requeuer,
-                 limiter: CallLimiter, *, grace: float = SHUTDOWN_GRACE) -> None:
+                 limiter: CallLimiter) -> None:
         self.settings, self.link, self.dispatch, self.requeuer = settings, link, dispatch, requeuer
-        self.limiter, self.grace = limiter, grace
+        self.limiter = limiter
         self.tasks: set[asyncio.Task] = set()  # strong references to message handlers
         self.paused_for: str | None = None  # why consuming is paused (quota), or None
         self._tag: str | None = None
@@ -58,7 +58,7 @@ class Intake(Component):
         await self._unsubscribe()
         if self.tasks:
             log.info("stopping", in_flight=len(self.tasks))
-            _, late = await asyncio.wait(set(self.tasks), timeout=self.grace)
+            _, late = await asyncio.wait(set(self.tasks), timeout=SHUTDOWN_GRACE)
             for task in late:
                 task.cancel()  # each hands its message back to the queue
             if late:

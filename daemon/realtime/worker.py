@@ -37,7 +37,7 @@ class SyncWorker(Component):
         self.caller, self.catalog, self.supervisor = caller, catalog, supervisor
         self.backlog = Backlog()
         self._wake = asyncio.Event()
-        self._calls: set[asyncio.Task] = set()  # strong references to calls in flight
+        self._calls: dict[asyncio.Task, list[PendingRecord]] = {}  # calls in flight (strong references)
         self._holding: tuple[CallKey, list[PendingRecord]] | None = None  # taken, not yet in a call
         self._task: Supervised | None = None
 
@@ -46,10 +46,12 @@ class SyncWorker(Component):
                                                 busy=lambda: len(self.backlog) > 0)
 
     async def stop(self) -> None:
-        """Stop taking records, let the calls in flight be answered, hand back the rest."""
+        """Stop taking records; calls in flight that someone still waits for get
+        DRAIN_TIMEOUT to be answered, the others are cancelled; the rest goes back."""
         await self.supervisor.stop_task(TASK)
-        if self._calls:
-            await asyncio.wait(set(self._calls), timeout=DRAIN_TIMEOUT)
+        awaited = [t for t, batch in self._calls.items() if any(not p.owner.done for p in batch)]
+        if awaited:
+            await asyncio.wait(awaited, timeout=DRAIN_TIMEOUT)
         for task in list(self._calls):
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
@@ -107,8 +109,8 @@ class SyncWorker(Component):
             for pending in batch:
                 pending.owner.model = model
             task = asyncio.get_running_loop().create_task(self._call(token, key, model, batch))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._calls[task] = batch
+            task.add_done_callback(lambda t: self._calls.pop(t, None))
 
     async def _resolve_latest(self, key: CallKey) -> None:
         refusal = self.catalog.refusal(key.topic, None)
