@@ -95,7 +95,7 @@ def build_core(settings: Settings, secret: str, session: aiohttp.ClientSession, 
     finisher = Finisher(publisher)
     worker = SyncWorker(caller, catalog, supervisor)
     batch = BatchManager(settings, caller, catalog, session, finisher, supervisor)
-    dispatcher = Dispatcher(settings, worker, batch, finisher)
+    dispatcher = Dispatcher(settings, catalog, worker, batch, finisher)
     return Core(settings, tokens, limiter, ledger, caller, catalog, worker, batch, finisher, dispatcher)
 
 

@@ -161,9 +161,9 @@ async def test_transient_failures_are_retried_to_success(make_emulator, tmp_path
 
 
 async def test_used_up_quota_hands_requests_back_to_the_queue(make_emulator, tmp_path):
-    api = await make_emulator(daily_quota={"public": 1, "partner": 1}, clients=PUBLIC)
+    api = await make_emulator(daily_quota={"public": 2, "partner": 2}, clients=PUBLIC)
     async with running_core(api.url, tmp_path) as core:
-        first = await core.deliver(ONE)  # the catalog look-up takes the one call
+        first = await core.deliver(ONE)  # the topic list and the latest model take the two calls
         second = await core.deliver(ONE)
         assert core.core.ledger.exhausted
     assert first.settled == second.settled == ["ack"]
@@ -275,3 +275,35 @@ async def test_a_wedged_worker_counts_as_down_and_is_restarted(make_emulator, tm
         await asyncio.wait_for(task, 10)
     assert any("no progress" in p or "TaskWedged" in p for p in problems), problems
     assert core.reply(message)["status"] == "completed"
+
+
+async def test_unknown_topics_and_malformed_names_cost_at_most_the_topic_list(make_emulator, tmp_path):
+    api = await make_emulator()
+    async with running_core(api.url, tmp_path) as core:
+        unknown = await asyncio.gather(*[core.deliver({"topic": f"topic{i}", "record": ONE["record"]})
+                                         for i in range(40)])
+        shapes = [await core.deliver({"topic": topic, "model": model, "record": ONE["record"]})
+                  for topic, model in [("..", None), (".", None), ("a/b", None), ("anzsco", ".."),
+                                       ("anzsco", "../../topics"), ("anzsco", "not-a-guid")]]
+    assert {core.reply(m)["error"]["code"] for m in unknown} == {"unknown_topic"}
+    assert "its topics: anzsco, anzsic, osca" in core.reply(unknown[0])["error"]["message"]
+    assert [core.reply(m)["error"]["code"] for m in shapes] == ["unknown_topic"] * 3 + ["unknown_model"] * 3
+    assert api.stats.v1_calls == 1  # the topic list, once
+
+
+def test_a_path_segment_can_never_be_dot_or_dot_dot():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from daemon.api.catalog import segment
+
+    @given(st.text())
+    def check(value):
+        try:
+            encoded = segment(value)
+        except ValueError:
+            assert value in (".", "..")
+            return
+        assert "/" not in encoded and encoded not in (".", "..") and "?" not in encoded and "#" not in encoded
+
+    check()

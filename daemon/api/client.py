@@ -100,7 +100,10 @@ class ApiCaller:
             message = str(answer.get("message") or answer.get("Message") or "")
         if status == 403:
             self.tokens.invalidate(token)
-        raise ApiError(status, message or f"HTTP {status}")
+        error = ApiError(status, message or f"HTTP {status}")
+        if error.quota_exhausted:  # whatever we counted, the API says today is used up
+            self.ledger.mark_exhausted()
+        raise error
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         return await self.send(await self.reserve(), method, path, body)

@@ -16,11 +16,10 @@ import random
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import aiohttp
 
-from ..api.catalog import ModelCatalog, refusal_for
+from ..api.catalog import ModelCatalog, refusal_for, segment
 from ..api.client import ApiCaller, ApiError, QuotaExhausted
 from ..api.token import TokenUnavailable
 from ..backoff import Backoff
@@ -195,8 +194,7 @@ class BatchManager(Component):
             except ApiError as error:
                 metrics.api_errors.labels(str(error.status or "none")).inc()
                 if error.quota_exhausted:
-                    self.caller.ledger.mark_exhausted()
-                    continue
+                    continue  # the ledger knows: the next call waits for 00:00 UTC
                 refusal = refusal_for(error)
                 if refusal is not None:
                     raise JobFailed(refusal.code, refusal.message) from None
@@ -208,7 +206,7 @@ class BatchManager(Component):
                 await asyncio.sleep(Backoff(base=2.0, cap=min(self.settings.batch_poll_seconds, 256.0)).delay(attempt))
 
     def _topic_path(self, job: Job) -> str:
-        return f"/topics/{quote(job.topic, safe='')}"
+        return f"/topics/{segment(job.topic)}"
 
     async def _create(self, job: Job, part: Part) -> None:
         if part.operations >= MAX_OPERATIONS:
@@ -217,7 +215,7 @@ class BatchManager(Component):
             job.resolved_model = job.model or self.catalog.latest(job.topic) or await self._resolve(job)
         part.operations += 1
         self.journal.save(job)  # the attempt counts even if we crash right after the call
-        created = await self._api("POST", f"{self._topic_path(job)}/models/{quote(job.resolved_model, safe='')}/batch-code")
+        created = await self._api("POST", f"{self._topic_path(job)}/models/{segment(job.resolved_model)}/batch-code")
         part.operation_id, part.kms_key, part.upload_url = (
             created["operationId"], created["bucketKmsKeyArn"], created["requestUploadUrl"])
         part.uploaded, part.result = False, None

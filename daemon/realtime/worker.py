@@ -10,9 +10,8 @@ failed after too many tries) and the loop starts again.
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import quote
 
-from ..api.catalog import ModelCatalog, refusal_for
+from ..api.catalog import ModelCatalog, refusal_for, segment
 from ..api.client import ApiCaller, ApiError, QuotaExhausted
 from ..api.token import TokenUnavailable
 from ..backoff import Backoff
@@ -119,6 +118,9 @@ class SyncWorker(Component):
                 await self.catalog.resolve(key.topic)
                 return
             except ApiError as error:
+                if error.quota_exhausted:
+                    self._quota_exhausted()
+                    return
                 refusal = refusal_for(error)
                 if refusal is None:
                     self.caller.limiter.penalize(RETRY_BACKOFF.delay(1))
@@ -137,7 +139,7 @@ class SyncWorker(Component):
         self._wake.set()
 
     async def _code(self, token: str, key: CallKey, model: str, batch: list[PendingRecord]) -> None:
-        path = f"/topics/{quote(key.topic, safe='')}/models/{quote(model, safe='')}/code"
+        path = f"/topics/{segment(key.topic)}/models/{segment(model)}/code"
         try:
             answer = await self.caller.send(token, "POST", path, coding_body(batch, key.suggestions))
             pairs = match_results(batch, answer)
@@ -157,7 +159,6 @@ class SyncWorker(Component):
         log.warning("coding_call_failed", topic=key.topic, records=len(batch), status=error.status,
                     message=error.message)
         if error.quota_exhausted:
-            self.caller.ledger.mark_exhausted()
             self.backlog.put_back(key, batch)
             self._quota_exhausted()
         elif error.status == 400:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ..api.catalog import ModelCatalog
 from ..batch.journal import Job
 from ..batch.manager import BatchManager
 from ..config import Settings
@@ -29,8 +30,10 @@ Outcome = dict | Job | HandBack
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, worker: SyncWorker, batch: BatchManager, finisher: Finisher) -> None:
-        self.settings, self.worker, self.batch, self.finisher = settings, worker, batch, finisher
+    def __init__(self, settings: Settings, catalog: ModelCatalog, worker: SyncWorker, batch: BatchManager,
+                 finisher: Finisher) -> None:
+        self.settings, self.catalog, self.worker, self.batch = settings, catalog, worker, batch
+        self.finisher = finisher
 
     async def handle(self, incoming: Incoming) -> AckPolicy:
         """Never raises (but for cancellation): whatever happens, the message is settled."""
@@ -66,6 +69,9 @@ class Dispatcher:
         suggestions = request.numberOfSuggestions
         if suggestions is None:
             suggestions = self.settings.number_of_suggestions
+        refusal = await self.catalog.check(request.topic, request.model)
+        if refusal is not None:  # known without a coding call (at most one topic-list call an hour)
+            return failed_reply(request.topic, request.model, None, refusal.code, refusal.message)
         if request.inputFile is not None:
             return await self._file(request, incoming, suggestions)
         raw = request.raw_records
