@@ -4,7 +4,7 @@ service's output back to it, and peak RSS (not a test).
     .venv/bin/python bench/bench_spool.py [--records N] [--reordered] [--dir DIR]
 
 Generates an N-record JSONL input (default 1,000,000; short, realistic records with a
-few accented, empty and too-long ones), spools it (read_records + spool), writes a fake
+few accented, empty and too-long ones), spools it (read_local_records + spool), writes a fake
 API output for the spool (not timed), then maps it back into an OutputFile of
 RecordResults (map_results + json.dumps per line). --reordered swaps the first two
 output lines, which sends the whole mapping down the index (fallback) path.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from daemon.batch.mapping import map_results  # noqa: E402
 from daemon.batch.spool import spool  # noqa: E402
 from daemon.durable import AtomicFile
-from daemon.request.claimcheck import read_records  # noqa: E402
+from daemon.request.inbox import read_local_records  # noqa: E402
 
 TITLES = ["software developer", "registered nurse", "chef", "truck driver", "primary school teacher",
           "sales assistant", "café owner", "electrician", "accountant", "brickie", "aged care worker",
@@ -94,7 +94,7 @@ def main() -> None:
               f"peak RSS so far {peak_rss_mb():.1f} MB")
 
         started = time.perf_counter()
-        summary = spool(read_records(source), job)
+        summary = spool(read_local_records(source), job)
         spool_s = time.perf_counter() - started
         print(f"spool: {summary.total:,} records ({summary.invalid:,} invalid, {len(summary.parts)} part) "
               f"in {spool_s:.2f} s = {summary.total / spool_s:,.0f} records/s; peak RSS {peak_rss_mb():.1f} MB")

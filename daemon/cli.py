@@ -53,13 +53,19 @@ def _run_parser(sub) -> None:
 
 
 def _run_daemon(args) -> int:
-
-    from .config import settings_for_command
+    """A start-up failure coderd can name is one line on stderr, no traceback, and the
+    exit code systemd expects: 2 for configuration (RestartPreventExitStatus=2: no
+    restart), 1 for the rest (an unreachable broker: Restart=on-failure tries again)."""
+    from .config import StartupError, settings_for_command
     from .logs import configure_logging
 
     settings = settings_for_command(args.config)
     configure_logging(settings.log_format)
-    return asyncio.run(_serve_daemon(settings))
+    try:
+        return asyncio.run(_serve_daemon(settings))
+    except StartupError as exc:
+        print(f"coderd: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
 
 
 async def _serve_daemon(settings) -> int:

@@ -3,8 +3,12 @@ once at start-up. A bad value stops the daemon with one line naming the key."""
 
 from __future__ import annotations
 
+import difflib
+import errno
 import os
+import re
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -21,16 +25,68 @@ from pydantic import (
     model_validator,
 )
 
-from .logs import mask_url_passwords
+from .logs import redact_text
 
 DEFAULT_CONFIG_PATH = Path("config/coderd.toml")
 ENV_PREFIX = "CODERD_"
 DAILY_QUOTA_BY_TIER = {"public": 1000, "partner": 10000}
 SECRET_MASK = "***"
 
+# A key whose name looks like this never has its value shown in an error, known or not.
+SECRET_KEY_NAME = re.compile(r"secret|password|passwd|token|credential|key", re.IGNORECASE)
+# user:password@ in a URL, with or without a scheme ("guest:pw@host" too). The password
+# runs to the last "@" before the next URL ("://") or a blank: a password holding "@",
+# "/" or "," is masked whole (at worst a host is masked with it).
+_USERINFO = re.compile(r"((?:[a-z][a-z0-9+.-]*://)?[^\s,:/?#@'\"\[\](){}]*:)(?:(?!://)\S)*@", re.IGNORECASE)
 
-class ConfigError(Exception):
-    """One line: `config: <key>: <problem>`."""
+
+class StartupError(Exception):
+    """Start-up cannot go on: one line for stderr, and the exit code systemd expects
+    (2: a configuration problem, restarting will not help; 1: try again later)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ConfigError(StartupError):
+    """One line: `config: <key>: <problem>`; exit code 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
+
+
+def mask_userinfo(text: str) -> str:
+    """`amqp://user:pass@host` and `user:pass@host` -> `...user:***@host`, for every URL in the text."""
+    return _USERINFO.sub(r"\1" + SECRET_MASK + "@", text) if "@" in text else text
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short reason for a one-line error, with no secret in it: `Connection refused`,
+    `timed out`, ... (aiormq wraps OSErrors, keeping their errno as the first argument)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    code = exc.errno if isinstance(exc, OSError) else (exc.args[0] if exc.args else None)
+    if isinstance(code, int) and code > 0:
+        return os.strerror(code)
+    return mask_userinfo(redact_text(_one_line(str(exc)))) or type(exc).__name__
+
+
+def check_writable_dir(path: Path, key: str) -> None:
+    """Create `path` if needed and prove it writable by creating and removing a file in it,
+    as the daemon will (os.access only predicts: it answers for the real uid, and knows
+    nothing of a full disk). Raises StartupError, exit code 2 (a configuration problem):
+    `<key>: <path> is not writable: <reason>`."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".coderd-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise StartupError(_one_line(f"{key}: {path} is not writable: {reason}"), exit_code=2) from None
 
 
 class Settings(BaseModel):
@@ -97,13 +153,24 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _real_api_settings(self, info: ValidationInfo) -> Settings:
         # A model-level error has no location: its message starts with the key it names.
+        context = info.context or {}
+        credentials_required = context.get("credentials_required", True)
         if self.api_url is None:
             if self.auth_url is not None:
                 raise ValueError("api_url: required when auth_url is set (leave both unset for the emulator)")
+            if credentials_required and (self.client_id or self.client_secret is not None):
+                # Real credentials mean real data: it must never go to the built-in emulator.
+                origins = context.get("origins", {})
+                given = [f"{key} from {origins[key]}" if key in origins else key
+                         for key, value in (("client_id", self.client_id), ("client_secret", self.client_secret))
+                         if value]
+                raise ValueError(f"api_url: required when credentials are configured ({'; '.join(given)}): "
+                                 "without api_url coderd would code through its built-in emulator "
+                                 "(set api_url and auth_url, or remove the credentials to run the emulator)")
             return self
         if self.auth_url is None:
             raise ValueError("auth_url: required when api_url is set")
-        if not (info.context or {}).get("credentials_required", True):
+        if not credentials_required:
             return self  # a read-only command (status, jobs) needs no credentials
         if not self.client_id:
             raise ValueError("client_id: required when api_url is set")
@@ -141,7 +208,7 @@ class Settings(BaseModel):
         view["client_secret"] = SECRET_MASK if self.client_secret else None
         for key in ("amqp_url", "api_url", "auth_url"):
             if view[key]:
-                view[key] = mask_url_passwords(view[key])
+                view[key] = mask_userinfo(view[key])
         return view
 
 
@@ -160,9 +227,11 @@ def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | 
             # An empty variable unsets an optional key (even one the file sets).
             values[key] = None if environ[name] == "" and field.default is None else environ[name]
             origins[key] = name
-    _resolve_client_secret(values, origins, environ)
+    if credentials_required:  # a read-only command (status, jobs) reads no secret file
+        _resolve_client_secret(values, origins, environ)
     try:
-        return Settings.model_validate(values, context={"credentials_required": credentials_required})
+        return Settings.model_validate(values, context={"credentials_required": credentials_required,
+                                                        "origins": origins})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, values, origins)) from None
 
@@ -173,7 +242,7 @@ def settings_for_command(config_arg: str | None, *, credentials_required: bool =
         return load_settings(Path(config_arg) if config_arg else None, credentials_required=credentials_required)
     except ConfigError as exc:
         print(f"coderd: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -196,8 +265,10 @@ def _resolve_client_secret(values: dict[str, Any], origins: dict[str, str], envi
     origins.pop("client_secret", None)
     secret_file = values.get("client_secret_file")
     if isinstance(secret_file, str) and secret_file:
-        values["client_secret"] = _read_secret(Path(secret_file), "client_secret_file")
-        origins["client_secret"] = secret_file
+        values["client_secret"] = _read_secret(Path(secret_file), "client_secret_file",
+                                               origins.get("client_secret_file"))
+        # Not the path: a secret pasted where its file's name belongs must not be shown.
+        origins["client_secret"] = f"client_secret_file, set in {origins.get('client_secret_file', '?')}"
         return
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / "client_secret").is_file():
@@ -205,14 +276,19 @@ def _resolve_client_secret(values: dict[str, Any], origins: dict[str, str], envi
         origins["client_secret"] = "$CREDENTIALS_DIRECTORY/client_secret"
 
 
-def _read_secret(path: Path, key: str) -> str:
+def _read_secret(path: Path, key: str, origin: str | None = None) -> str:
+    # client_secret_file's value (the path) is not shown, as no secret-named key's value
+    # is: the secret itself may have been pasted there by mistake. systemd's credential
+    # path ($CREDENTIALS_DIRECTORY) is coderd's own choice, so it is shown.
+    shown = "the file it names" if key == "client_secret_file" else str(path)
+    source = f" (from {origin})" if origin else ""
     try:
         secret = path.read_text().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise ConfigError(_one_line(f"config: {key}: cannot read {path}: {reason}")) from None
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(_one_line(f"config: {key}: cannot read {shown}: {reason}{source}")) from None
     if not secret:
-        raise ConfigError(f"config: {key}: {path} is empty")
+        raise ConfigError(f"config: {key}: {shown} is empty{source}")
     return secret
 
 
@@ -223,21 +299,23 @@ def _describe(exc: ValidationError, values: dict[str, Any], origins: dict[str, s
         message = error["msg"].removeprefix("Value error, ")
         if not key:
             key, _, message = message.partition(": ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(f"{key}: {message}{_source(key, values, origins)}")
+        known = error["type"] != "extra_forbidden"
+        if not known:
+            close = difflib.get_close_matches(key, Settings.model_fields, n=1)
+            message = "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+        problems.append(f"{key}: {mask_userinfo(message)}{_source(key, values, origins, show_value=known)}")
     return _one_line("config: " + "; ".join(problems))
 
 
-def _source(key: str, values: dict[str, Any], origins: dict[str, str]) -> str:
-    """` (got <value>, from <file or variable>)`, the value hidden for secrets."""
+def _source(key: str, values: dict[str, Any], origins: dict[str, str], *, show_value: bool = True) -> str:
+    """` (got <value>, from <file or variable>)`. The value is left out for an unknown key
+    and for any key whose name looks secret-bearing; a URL's password is masked."""
     if key not in origins:
         return ""
-    if key == "client_secret":  # its value never appears in an error message
+    if not show_value or SECRET_KEY_NAME.search(key):
         return f" (from {origins[key]})"
     value = values.get(key)
-    shown = mask_url_passwords(value) if isinstance(value, str) else value
-    return f" (got {shown!r}, from {origins[key]})"
+    return f" (got {mask_userinfo(repr(value))}, from {origins[key]})"
 
 
 def _one_line(text: str) -> str:

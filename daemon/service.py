@@ -16,6 +16,7 @@ import contextlib
 from dataclasses import dataclass
 
 import aiohttp
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from .api.catalog import ModelCatalog
 from .api.client import ApiCaller, call_tracing
@@ -26,7 +27,7 @@ from .batch.manager import BatchManager
 from .broker.connection import BrokerLink
 from .broker.intake import Intake
 from .broker.replies import ReplyPublisher
-from .config import Settings
+from .config import ConfigError, Settings, StartupError, check_writable_dir, failure_reason
 from .logs import get_logger, register_secret
 from .ops.endpoints import DaemonView, OperatorEndpoints
 from .ops.sdnotify import SystemdNotifier
@@ -34,6 +35,7 @@ from .ops.supervisor import Supervisor
 from .realtime.worker import SyncWorker
 from .request.dispatch import Dispatcher
 from .request.finish import Finisher, Publisher
+from .request.outbox import Outbox
 
 log = get_logger("coderd")
 
@@ -41,10 +43,15 @@ log = get_logger("coderd")
 @contextlib.asynccontextmanager
 async def coding_api(settings: Settings):
     """(settings, client secret) for the coding API: the configured one, or with no
-    api_url, coderd's built-in emulator, started here and stopped on exit."""
+    api_url, coderd's built-in emulator, started here and stopped on exit. Credentials
+    without api_url are refused (ConfigError): real data never goes to the emulator."""
     if not settings.uses_emulator:
         yield settings, settings.client_secret.get_secret_value()
         return
+    if settings.client_id or settings.client_secret is not None:
+        # load_settings refuses this already; Settings built another way must not slip through.
+        raise ConfigError("config: api_url: required when credentials are configured: without api_url "
+                          "coderd would code through its built-in emulator")
     from .emulator import EmulatorServer
     from .emulator.settings import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
@@ -53,12 +60,9 @@ async def coding_api(settings: Settings):
         log.warning("using_builtin_emulator", url=server.url,
                     note="api_url is not set: coding through coderd's BUILT-IN EMULATOR of the coding API, "
                          "not the real ABS service")
-        updated = settings.model_copy(update={
-            "api_url": server.url, "auth_url": server.url,
-            "client_id": settings.client_id or DEFAULT_CLIENT_ID,
-        })
-        secret = settings.client_secret.get_secret_value() if settings.client_secret else DEFAULT_CLIENT_SECRET
-        yield updated, secret
+        updated = settings.model_copy(update={"api_url": server.url, "auth_url": server.url,
+                                              "client_id": DEFAULT_CLIENT_ID})
+        yield updated, DEFAULT_CLIENT_SECRET
     finally:
         await server.stop()
 
@@ -92,7 +96,7 @@ def build_core(settings: Settings, secret: str, session: aiohttp.ClientSession, 
     ledger = QuotaLedger(settings.state_dir, settings.daily_quota)
     caller = ApiCaller(session, settings.api_url, tokens, limiter, ledger)
     catalog = ModelCatalog(caller)
-    finisher = Finisher(publisher)
+    finisher = Finisher(publisher, Outbox(settings.outbox_dir, settings.state_dir))
     worker = SyncWorker(caller, catalog, supervisor)
     batch = BatchManager(settings, caller, catalog, session, finisher, supervisor)
     dispatcher = Dispatcher(settings, catalog, worker, batch, finisher)
@@ -109,12 +113,17 @@ class Daemon:
         self.intake: Intake | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
+        """Start, serve until `stop` is set, stop. A start-up failure coderd can name (an
+        unwritable state_dir, an unreachable broker, a taken http_listen) raises
+        StartupError: one line and an exit code, for `coderd run` to print and return."""
         async with contextlib.AsyncExitStack() as stack:
+            # Before anything starts: nothing to undo, and nothing logged, if it fails.
+            check_writable_dir(self.settings.state_dir, "state_dir")
+            builtin_emulator = self.settings.uses_emulator
             settings, secret = await stack.enter_async_context(coding_api(self.settings))
             for value in [secret, *settings.secret_values()]:
                 register_secret(value)
-            settings.state_dir.mkdir(parents=True, exist_ok=True)
-            log.info("starting", settings=settings.public_view())
+            log.info("starting", settings=settings.public_view(), builtin_emulator=builtin_emulator)
             supervisor = await stack.enter_async_context(Supervisor())
             session = await stack.enter_async_context(aiohttp.ClientSession(trace_configs=[call_tracing()]))
             link = BrokerLink(settings)
@@ -122,11 +131,29 @@ class Daemon:
             core = build_core(settings, secret, session, publisher, supervisor)
             intake = Intake(settings, link, core.dispatcher.handle, publisher, core.limiter)
             endpoints = OperatorEndpoints(*settings.http_host_port, DaemonView(
-                settings, link, intake, core.tokens, core.ledger, core.limiter, core.batch.journal, supervisor))
+                settings, link, intake, core.tokens, core.ledger, core.limiter, core.batch.journal, supervisor,
+                builtin_emulator=builtin_emulator))
             if core.ledger.exhausted:
                 await intake.pause("daily quota used up: consuming resumes at 00:00 UTC")
             self.core, self.endpoints, self.intake = core, endpoints, intake
-            for component in (endpoints, link, *core.components, intake):
+            try:
+                await stack.enter_async_context(endpoints)
+            except OSError as exc:
+                with contextlib.suppress(Exception):
+                    await endpoints.stop()  # it never entered the stack
+                raise StartupError(f"http_listen: cannot listen on {settings.http_listen}: "
+                                   f"{failure_reason(exc)}") from None
+            try:  # fails fast when refused; a silent node times out (BrokerLink's connect timeout)
+                await stack.enter_async_context(link)
+            except CONNECTION_EXCEPTIONS as exc:
+                if link.connected:  # connected, then something else failed: not this message
+                    raise
+                with contextlib.suppress(Exception):
+                    await link.stop()
+                nodes = settings.public_view()["amqp_url"]  # passwords masked
+                raise StartupError(f"broker: cannot connect to {'any of ' if ',' in nodes else ''}{nodes}: "
+                                   f"{failure_reason(exc)}") from None
+            for component in (*core.components, intake):
                 await stack.enter_async_context(component)
             supervisor.start_task("quota-pause", lambda: intake.follow_quota(core.ledger))
             stack.push_async_callback(supervisor.stop_task, "quota-pause")  # before the intake stops

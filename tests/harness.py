@@ -127,13 +127,14 @@ class Broker:
         return self
 
     async def publish(self, body, *, correlation_id: str | None = None, reply_to: str | None = "default",
-                      message_id: str | None = None) -> None:
+                      message_id: str | None = None, queue: str | None = None, **properties) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         await self.channel.default_exchange.publish(
             aio_pika.Message(payload, correlation_id=correlation_id, message_id=message_id,
                              reply_to=self.reply_queue if reply_to == "default" else reply_to,
-                             content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=self.request_queue)
+                             content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                             **properties),
+            routing_key=queue or self.request_queue)
 
     async def replies(self, count: int, *, queue: str | None = None, timeout: float = 60) -> list[tuple[str, dict]]:
         """Collect `count` replies as (correlation_id, body), acking them."""

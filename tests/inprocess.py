@@ -51,6 +51,14 @@ class FakeMessage:
         self.settled.append(how)
 
 
+def _no_constants(name: str):
+    raise ValueError(f"{name} in a reply: not strict JSON")
+
+
+def strict_json(body: bytes):
+    return json.loads(body, parse_constant=_no_constants)
+
+
 @dataclass
 class Published:
     reply_to: str | None
@@ -68,12 +76,11 @@ class FakePublisher:
     returned: list[tuple[str, FakeMessage]] = field(default_factory=list)
     fail_publishes: int = 0
 
-    async def publish(self, reply: dict, reply_to: str | None, correlation_id: str) -> None:
+    async def publish(self, body: bytes, reply_to: str | None, correlation_id: str) -> None:
         if self.fail_publishes > 0:
             self.fail_publishes -= 1
             raise ConnectionError("broker connection lost")
-        raw = json.dumps(reply, separators=(",", ":"), allow_nan=False).encode()  # strict JSON or it fails
-        self.replies.append(Published(reply_to, correlation_id, json.loads(raw), raw))
+        self.replies.append(Published(reply_to, correlation_id, strict_json(body), body))
 
     async def return_to_queue(self, message: FakeMessage, queue: str) -> None:
         self.returned.append((queue, message))

@@ -31,6 +31,7 @@ CONTRACT_DEFAULTS = {
 
 REAL_API = {"CODERD_API_URL": "https://partner-coder.api.abs.gov.au/",
             "CODERD_AUTH_URL": "https://partner-coder.auth.abs.gov.au"}
+WITH_ID = {**REAL_API, "CODERD_CLIENT_ID": "me"}  # where the client secret comes from is what a test varies
 
 
 @pytest.fixture(autouse=True)
@@ -98,8 +99,12 @@ def test_default_config_file_is_read_from_the_current_directory(tmp_path):
 def test_empty_environment_value_unsets_an_optional_key(tmp_path):
     path = write_toml(tmp_path / "c.toml", 'api_url = "https://api.example"\nauth_url = "https://auth.example"\n'
                                            'client_id = "me"\nclient_secret = "file-secret-1"\n')
-    settings = load_settings(path, environ={"CODERD_API_URL": "", "CODERD_AUTH_URL": ""})
-    assert settings.uses_emulator
+    unset = {"CODERD_API_URL": "", "CODERD_AUTH_URL": "", "CODERD_CLIENT_ID": "", "CODERD_CLIENT_SECRET": ""}
+    settings = load_settings(path, environ=unset)
+    assert settings.uses_emulator and settings.client_id is None and settings.client_secret is None
+    # Unsetting only the URLs would leave credentials without api_url: an error, not the emulator.
+    message = config_error(config_path=path, environ={"CODERD_API_URL": "", "CODERD_AUTH_URL": ""})
+    assert message.startswith("config: api_url: ") and "file-secret-1" not in message
 
 
 def test_missing_config_path_is_an_error(tmp_path):
@@ -149,7 +154,7 @@ def test_client_secret_from_environment_wins_over_every_other_source(tmp_path):
     secret_file = write_toml(tmp_path / "secret.txt", "from-secret-file\n")
     write_toml(tmp_path / "creds" / "client_secret", "from-credentials\n")
     config = write_toml(tmp_path / "c.toml", f'client_secret = "from-config-file"\nclient_secret_file = "{secret_file}"\n')
-    environ = {"CODERD_CLIENT_SECRET": "from-environment", "CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
+    environ = {**WITH_ID, "CODERD_CLIENT_SECRET": "from-environment", "CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
     secret = lambda **kw: load_settings(config, environ=environ).client_secret.get_secret_value()  # noqa: E731
 
     assert secret() == "from-environment"
@@ -163,7 +168,7 @@ def test_client_secret_from_environment_wins_over_every_other_source(tmp_path):
 
 def test_client_secret_file_contents_are_stripped(tmp_path):
     secret_file = write_toml(tmp_path / "secret.txt", "  padded-secret \n")
-    settings = load_settings(environ={"CODERD_CLIENT_SECRET_FILE": str(secret_file)})
+    settings = load_settings(environ={**WITH_ID, "CODERD_CLIENT_SECRET_FILE": str(secret_file)})
     assert settings.client_secret.get_secret_value() == "padded-secret"
 
 
@@ -198,7 +203,7 @@ def test_auth_url_without_api_url_is_an_error():
 
 def test_secret_values_and_public_view():
     settings = load_settings(environ={
-        "CODERD_CLIENT_SECRET": "client-s3cret",
+        **WITH_ID, "CODERD_CLIENT_SECRET": "client-s3cret",
         "CODERD_AMQP_URL": "amqp://coderd:amqp-pa%24%24@node1/,amqp://coderd:other-pass@node2/",
     })
     secrets = settings.secret_values()
@@ -221,6 +226,14 @@ def test_settings_are_frozen_and_reject_unknown_keys():
         Settings(colour="blue")
 
 
+def test_read_only_commands_read_no_secret_file(tmp_path):
+    """`coderd status` and `coderd jobs` never need the secret: an unreadable secret file
+    (the service's, not the operator's) does not stop them."""
+    environ = {**WITH_ID, "CODERD_CLIENT_SECRET_FILE": str(tmp_path / "not-readable-here")}
+    assert config_error(environ=environ).startswith("config: client_secret_file: ")
+    assert load_settings(environ=environ, credentials_required=False).client_id == "me"
+
+
 def test_read_only_commands_need_no_credentials():
     from daemon.config import ConfigError, load_settings
 
@@ -228,3 +241,88 @@ def test_read_only_commands_need_no_credentials():
     with pytest.raises(ConfigError):
         load_settings(environ=env)
     assert load_settings(environ=env, credentials_required=False).api_url == "https://api.example"
+
+
+# --- credentials without api_url ----------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["client_id", "environment", "config_file", "secret_file", "credentials_directory"])
+def test_credentials_without_api_url_are_an_error(tmp_path, where):
+    """Credentials mean real data, which must never go to the built-in emulator by mistake.
+    A secret read from client_secret_file or $CREDENTIALS_DIRECTORY counts as configured."""
+    secret = "the-real-client-s3cret"
+    secret_file = write_toml(tmp_path / "creds" / "client_secret", secret + "\n")
+    config = write_toml(tmp_path / "c.toml", f'client_secret = "{secret}"\n' if where == "config_file" else "")
+    environ = {
+        "client_id": {"CODERD_CLIENT_ID": "the-client-id"},
+        "environment": {"CODERD_CLIENT_SECRET": secret},
+        "config_file": {},
+        "secret_file": {"CODERD_CLIENT_SECRET_FILE": str(secret_file)},
+        "credentials_directory": {"CREDENTIALS_DIRECTORY": str(secret_file.parent)},
+    }[where]
+    message = config_error(config_path=config, environ=environ)
+    assert message.startswith("config: api_url: required when credentials are configured")
+    assert secret not in message and "emulator" in message
+    expected_origin = {"client_id": "client_id from CODERD_CLIENT_ID",
+                       "environment": "client_secret from CODERD_CLIENT_SECRET",
+                       "config_file": f"client_secret from {config}",
+                       "secret_file": "client_secret from client_secret_file, set in CODERD_CLIENT_SECRET_FILE",
+                       "credentials_directory": "client_secret from $CREDENTIALS_DIRECTORY/client_secret"}[where]
+    assert expected_origin in message
+    # status and jobs read the configuration without needing (or judging) credentials.
+    assert load_settings(config, environ=environ, credentials_required=False).uses_emulator
+
+
+def test_no_credentials_and_no_api_url_is_the_emulator(tmp_path):
+    assert load_settings(environ={"CREDENTIALS_DIRECTORY": str(tmp_path)}).uses_emulator  # no client_secret there
+
+
+# --- no secret in an error ----------------------------------------------------------------
+
+def test_unknown_key_never_shows_its_value(tmp_path):
+    path = write_toml(tmp_path / "c.toml", 'client_secrete = "typo-s3cret-value"\ncolour = "blue-value"\n'
+                                           '[broker]\npassword = "nested-pa55"\n')
+    message = config_error(config_path=path, environ={})
+    assert "config: client_secrete: unknown key (did you mean client_secret?)" in message
+    assert "colour: unknown key" in message and "broker: unknown key" in message and str(path) in message
+    for value in ("typo-s3cret-value", "blue-value", "nested-pa55"):
+        assert value not in message
+
+
+@pytest.mark.parametrize("toml, key, hidden, shown", [
+    ('amqp_url = "guest:s3cret-pw@host"', "amqp_url", "s3cret-pw", "'guest:***@host'"),  # no scheme
+    ('amqp_url = "amqp://u:pw@x@host:nan/"', "amqp_url", "pw@x", "'amqp://u:***@host:nan/'"),  # "@" in it
+    ('amqp_url = "amqp://u:ok-pw@h1/,http://v:other-pw@h2/"', "amqp_url", "other-pw", "http://v:***@h2/"),
+    ('amqp_url = ["amqp://u:listed-pw@h/"]', "amqp_url", "listed-pw", "amqp://u:***@h/"),  # not a string
+    ('api_url = "ftp://u:api-pw@h/"', "api_url", "api-pw", "'ftp://u:***@h/'"),
+    ('client_secret = 12345678', "client_secret", "12345678", None),  # secret-named: no value at all
+    ('client_secret_file = 87654321', "client_secret_file", "87654321", None),
+])
+def test_bad_values_never_show_a_secret(tmp_path, toml, key, hidden, shown):
+    path = write_toml(tmp_path / "c.toml", toml + "\n")
+    message = config_error(config_path=path, environ={})
+    assert message.startswith(f"config: {key}: ") and str(path) in message
+    assert hidden not in message
+    if shown is None:
+        assert "got" not in message
+    else:
+        assert shown in message
+
+
+def test_secret_pasted_as_client_secret_file_is_not_shown():
+    message = config_error(environ={"CODERD_CLIENT_SECRET_FILE": "pasted-s3cret-value"})
+    assert message == ("config: client_secret_file: cannot read the file it names: No such file or directory "
+                       "(from CODERD_CLIENT_SECRET_FILE)")
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("amqp://user:pw@host:5672/v", "amqp://user:***@host:5672/v"),
+    ("user:pw@host", "user:***@host"),
+    ("amqp://a:p1@h1/, amqp://b:p2@h2/", "amqp://a:***@h1/, amqp://b:***@h2/"),
+    ("amqps://u:p@ss/w,rd@h/", "amqps://u:***@h/"),  # "@", "/" and "," in a password: masked whole
+    ("amqp://host:5672/", "amqp://host:5672/"),
+    ("me@example.org", "me@example.org"),
+    ("[::1]:9464", "[::1]:9464"),
+])
+def test_mask_userinfo(text, masked):
+    from daemon.config import mask_userinfo
+    assert mask_userinfo(text) == masked

@@ -307,3 +307,55 @@ def test_a_path_segment_can_never_be_dot_or_dot_dot():
         assert "/" not in encoded and encoded not in (".", "..") and "?" not in encoded and "#" not in encoded
 
     check()
+
+
+async def test_a_reply_too_large_to_publish_is_delivered_as_a_claim_check_file(make_emulator, tmp_path, monkeypatch):
+    from daemon.request import finish
+
+    monkeypatch.setattr(finish, "MAX_REPLY_BYTES", 200_000)
+    monkeypatch.setattr(finish, "ENCODE_IN_THREAD", 100)
+    api = await make_emulator()
+    batch = records(1200)
+    async with running_core(api.url, tmp_path) as core:
+        message = await core.deliver({"topic": "anzsco", "numberOfSuggestions": 16, "records": batch},
+                                     correlation_id="big/one")
+        small = await core.deliver({"topic": "anzsco", "records": batch[:150]})
+    reply = core.reply(message)
+    assert "records" not in reply and reply["status"] == "completed"
+    output = reply["output"]
+    assert output["file"].startswith("replies/") and output["records"] == 1200
+    assert output["successful"] + output["unsuccessful"] + output["invalid"] == 1200
+    lines = (core.settings.outbox_dir / output["file"]).read_text().splitlines()
+    assert [json.loads(line)["recordId"] for line in lines] == [r["recordId"] for r in batch]
+    assert len(core.reply(small)["records"]) == 150  # under the limit: inline, as always
+    assert api.stats.records_coded == 1200 + 150  # coded once: never a call spent on what cannot be answered
+
+
+@pytest.mark.parametrize("body", [
+    b'{"topic":"anzsco","record":' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+    b'{"topic":"anzsco","record":{"recordId":NaN,"occp_text":"chef"}}',
+    b'{"topic":"anzsco","record":{"recordId":-Infinity,"occp_text":"chef"}}',
+    b'{"topic":"anzsco","record":{"occp_text":"chef"},"numberOfSuggestions":Infinity}',
+    json.dumps({"topic": "anzsco", "inputFile": ""}).encode(),
+    json.dumps({"topic": "anzsco", "inputFile": "."}).encode(),
+    json.dumps({"topic": "anzsco", "inputFile": "/"}).encode(),
+    json.dumps({"topic": "anzsco", "inputFile": "in.jsonl", "outputFile": "a\nb.jsonl"}).encode(),
+])
+async def test_malformed_bodies_get_one_invalid_message_reply(make_emulator, tmp_path, body):
+    api = await make_emulator()
+    async with running_core(api.url, tmp_path) as core:
+        message = await core.deliver(body)
+    assert message.settled == ["ack"]
+    assert core.reply(message)["error"]["code"] == "invalid_message"
+    assert api.stats.v1_calls == 0
+
+
+async def test_a_record_whose_record_id_is_not_a_string_is_invalid_alone(make_emulator, tmp_path):
+    api = await make_emulator()
+    batch = [{"recordId": [1, 2], "occp_text": "chef"}, {"recordId": 7, "occp_text": "chef"},
+             {"recordId": "ok", "occp_text": "chef"}]
+    async with running_core(api.url, tmp_path) as core:
+        reply = core.reply(await core.deliver({"topic": "anzsco", "records": batch}))
+    assert [(r["recordId"], r["codeStatus"]) for r in reply["records"]] == [
+        (None, "invalid"), (None, "invalid"), ("ok", "successful")]
+    assert "recordId must be a string" in reply["records"][0]["error"]

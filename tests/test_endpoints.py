@@ -2,16 +2,18 @@
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 
 import aiohttp
 from conftest import quiet_config
-from harness import ROOT
+from harness import ROOT, DaemonProcess, daemon_env
 from prometheus_client.parser import text_string_to_metric_families
 from test_emulator_cli import free_port
 
 from daemon.emulator import ThreadedEmulatorServer as EmulatorServer
+from daemon.ops.status import render
 
 GUIDE = {"occp_text": "software developer", "tasks_text": "writing code and unit tests"}
 
@@ -39,6 +41,7 @@ async def test_health_readiness_and_metrics(coderd, broker):
         ready = json.loads(body)
         assert status == 200 and ready["ready"] and ready["broker"] == "connected"
         assert ready["consumer"] == "waiting" and ready["token"]["obtainable"]
+        assert ready["coding_api"] == {"builtin_emulator": False, "url": api.url}
         for i in range(3):
             await broker.publish({"topic": "anzsco", "records": [GUIDE, {"occp_text": "x"}]}, correlation_id=f"m{i}")
         await broker.replies(3)
@@ -58,12 +61,54 @@ async def test_health_readiness_and_metrics(coderd, broker):
         assert found[("coderd_consumer", (("state", "active"),))] == 1
         assert ("coderd_reply_latency_seconds_count", (("route", "sync"),)) in found
         assert ("coderd_batch_jobs", (("phase", "polling"),)) in found
+        assert found[("coderd_builtin_emulator", ())] == 0
 
         env = {**daemon.env}
         done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "daemon", "status"], cwd=ROOT,
                                        env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         assert "connected" in done.stdout and "active" in done.stdout and "quota" in done.stdout
+        assert f"coding API    {api.url}" in done.stdout and "EMULATOR" not in done.stdout
+
+
+async def test_the_builtin_emulator_is_said_everywhere(broker, tmp_path):
+    """api_url unset: the documented demo default. Ready as ever, but /readyz, /metrics and
+    `coderd status` all say the coding API is coderd's own emulator, not the ABS service."""
+    port = free_port()
+    env = daemon_env("unused", broker, tmp_path / "state", http_listen=f"127.0.0.1:{port}")
+    for key in ("CODERD_API_URL", "CODERD_AUTH_URL", "CODERD_CLIENT_ID", "CODERD_CLIENT_SECRET"):
+        env.pop(key)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODERD_")} | env
+    daemon = await DaemonProcess(env, tmp_path / "coderd.log").start()
+    try:
+        await daemon.wait_for_event("consuming")
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            status, body = await get(session, f"{base}/readyz")
+            ready = json.loads(body)
+            assert status == 200 and ready["ready"]  # readiness itself is unchanged
+            api = ready["coding_api"]
+            assert api["builtin_emulator"] is True
+            assert api["url"].startswith("http://127.0.0.1:") and "EMULATOR" in api["note"]
+            status, text = await get(session, f"{base}/metrics")
+            assert samples(text)[("coderd_builtin_emulator", ())] == 1
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "daemon", "status"], cwd=ROOT,
+                                       env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        loud = done.stdout.splitlines()[1]  # right under the ready line
+        assert "BUILT-IN EMULATOR" in loud and "NOT THE REAL ABS SERVICE" in loud and "api_url" in loud
+    finally:
+        await daemon.kill()
+
+
+def test_status_renders_an_answer_without_coding_api():
+    """An older daemon's /readyz has no coding_api: `coderd status` still prints it."""
+    state = {"ready": True, "reasons": [], "broker": "connected", "consumer": "active",
+             "token": {"obtainable": True, "note": "", "age_seconds": 3.0, "requests": 1},
+             "quota": {"used": 1, "remaining": 9, "daily_quota": 10}, "last_minute": {"calls": 0, "records": 0},
+             "queue_depth": 0, "batch_jobs": {}, "tasks": {}}
+    text = render("127.0.0.1:9464", state)
+    assert "ready" in text and "coding API" not in text and "EMULATOR" not in text
 
 
 async def test_readiness_reports_why_not(coderd, broker, tmp_path):

@@ -39,14 +39,14 @@ def test_invalid_messages(raw):
 
 def test_routing_rule():
     short, long_ = clean("chef", ""), clean("x" * 150, "")
-    assert choose_route("auto", "public", 3000, [short] * 5000) == "sync"
-    assert choose_route("auto", "partner", 3000, [short] * 3000) == "sync"
-    assert choose_route("auto", "partner", 3000, [short] * 3001) == "batch"
-    assert choose_route("auto", "partner", 3000, [short, long_]) == "batch"
-    assert choose_route("auto", "public", 3000, [short, long_]) == "sync"
-    assert choose_route("sync", "partner", 3000, [short] * 5000) == "sync"
-    assert choose_route("batch", "partner", 3000, [short]) == "batch"
-    refused = choose_route("batch", "public", 3000, [short])
+    assert choose_route("auto", "public", 3000, 5000, short.length) == "sync"
+    assert choose_route("auto", "partner", 3000, 3000, short.length) == "sync"
+    assert choose_route("auto", "partner", 3000, 3001, short.length) == "batch"
+    assert choose_route("auto", "partner", 3000, 2, long_.length) == "batch"
+    assert choose_route("auto", "public", 3000, 2, long_.length) == "sync"
+    assert choose_route("sync", "partner", 3000, 5000, short.length) == "sync"
+    assert choose_route("batch", "partner", 3000, 1, short.length) == "batch"
+    refused = choose_route("batch", "public", 3000, 1, short.length)
     assert isinstance(refused, Refusal) and refused.code == "not_supported"
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from daemon.batch.mapping import NO_RESULT, MappingCounts, batch_result, map_results
 from daemon.batch.spool import spool
-from daemon.request.claimcheck import read_records
+from daemon.request.inbox import read_local_records
 from daemon.request.results import echo_input
 
 CODE = {"codeCategory": "261313", "codeLabel": "Software Engineer", "codeConfidence": 0.9}
@@ -101,7 +101,7 @@ def check_results(results, counts):
 
 def test_round_trip(tmp_path, input_file):
     job = tmp_path / "job"
-    summary = spool(read_records(input_file), job)
+    summary = spool(read_local_records(input_file), job)
     assert (summary.total, summary.invalid, len(summary.parts)) == (10, 5, 1)
     spooled = [json.loads(line) for line in summary.parts[0].path.read_text().splitlines()]
     assert [s["recordId"] for s in spooled] == ["0", "1", "2", "8", "9"]  # positions; producer ids stay home
@@ -115,7 +115,7 @@ def test_round_trip(tmp_path, input_file):
 
 
 def test_parts_split_by_size_and_map_back_across_outputs(tmp_path, input_file):
-    summary = spool(read_records(input_file), tmp_path / "job", max_part_bytes=150)
+    summary = spool(read_local_records(input_file), tmp_path / "job", max_part_bytes=150)
     assert len(summary.parts) >= 3
     assert all(p.size <= 150 and p.records >= 1 for p in summary.parts)
     assert sum(p.records for p in summary.parts) == 5

@@ -130,7 +130,7 @@ async def test_a_failed_reply_is_reported_and_exits_1(coderd, broker, fast_api, 
     code, out, err = await submit(daemon, staff, "--topic", "nosuchtopic")
     assert code == 1
     last = err.strip().splitlines()[-1]
-    assert last.startswith("coderd submit: ") and "unknown_topic" in last and "does not exist" in last
+    assert last.startswith("coderd submit: ") and "unknown_topic" in last and "has no topic 'nosuchtopic'" in last
     assert not (tmp_path / "staff.coded.csv").exists()
     # the run can be resumed: its state and its reply queue are kept
     assert (tmp_path / "staff.coded.csv.partial.jsonl").exists() and await queue_exists(broker, reply_queue(staff))

@@ -7,6 +7,7 @@ the caller.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -36,6 +37,16 @@ def call_tracing() -> aiohttp.TraceConfig:
     tracing.on_request_headers_sent.append(on_wire)  # a call without a body goes out here
     tracing.on_request_chunk_sent.append(on_wire)
     return tracing
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_loads(text: str):
+    """JSON as RFC 8259 has it: NaN or Infinity in an answer is a broken answer (retried),
+    never something a reply could carry on."""
+    return json.loads(text, parse_constant=_not_json)
 
 
 class ApiError(Exception):
@@ -90,7 +101,7 @@ class ApiCaller:
                 trace_request_ctx={"on_sent": self.limiter.started},
             ) as response:
                 status = response.status
-                answer = await response.json(content_type=None)
+                answer = await response.json(content_type=None, loads=strict_loads)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             raise ApiError(None, f"{type(exc).__name__} {exc}".strip()) from None
         if status == 200:

@@ -4,6 +4,7 @@ API would see, so a restarted daemon resumes the same operation instead of start
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -48,10 +49,18 @@ class Job:
     total: int = 0
     invalid: int = 0
     failure: dict | None = None  # {"code", "message"}: deliver a failed reply
+    identity: str | None = None  # the request's identity (correlation_id and body digest)
+
+    @property
+    def owner(self) -> str:
+        """Whose outputs this job writes (journals from before identities: the correlation_id)."""
+        return self.identity or self.correlation_id
 
     @classmethod
     def new(cls, **fields) -> "Job":
-        return cls(job_id=uuid.uuid4().hex, **fields)
+        """A job named after its request's identity, so a redelivered request finds the
+        job it already has instead of making a second one."""
+        return cls(job_id=fields.get("identity") or uuid.uuid4().hex, **fields)
 
 
 class Journal:
@@ -61,15 +70,22 @@ class Journal:
     def directory(self, job: Job) -> Path:
         return self.root / job.job_id
 
-    def create(self, job: Job, inline_records: list | None) -> None:
-        """Journal a new job durably (its records too, when they came inline): after this
-        the request message can be acked."""
+    def create(self, job: Job, inline_records: list | None = None, records_file: Path | None = None) -> bool:
+        """Journal a new job durably, its inline records too (given as a list, or as a
+        file of one record a line, moved in): after this the request message can be acked.
+        False when the job is journaled already (its request was delivered again)."""
         directory = self.directory(job)
+        if (directory / "job.json").exists():
+            return False
         directory.mkdir(parents=True, exist_ok=True)
         if inline_records is not None:
-            write_atomically(directory / "request.json", json.dumps(inline_records, separators=(",", ":")), mode=0o600)
+            write_atomically(directory / "request.jsonl", "".join(
+                json.dumps(record, separators=(",", ":")) + "\n" for record in inline_records), mode=0o600)
+        elif records_file is not None:
+            os.replace(records_file, directory / "request.jsonl")
         self.save(job)
         fsync_dir(directory)
+        return True
 
     def save(self, job: Job) -> None:
         directory = self.directory(job)

@@ -28,8 +28,9 @@ from ..lifecycle import Component
 from ..logs import get_logger
 from ..ops import metrics
 from ..ops.supervisor import Supervisor
-from ..request.claimcheck import ClaimCheckError, read_records, resolve_inside
+from ..request.claimcheck import ClaimCheckError
 from ..request.finish import Finisher
+from ..request.inbox import open_input, read_local_records, read_records
 from ..request.incoming import ReplyAddress
 from ..request.results import JobFailed
 from . import presigned
@@ -39,6 +40,8 @@ from .spool import spool
 
 MAX_OPERATIONS = 3  # per part: a timed-out or lost operation is replaced this many times
 MAX_URL_REFRESHES = 3
+OUTPUT_PATIENCE = 3600.0  # an outbox that cannot be written is retried this long, then the job fails
+OUTPUT_BACKOFF = Backoff(base=5.0, cap=300.0)
 TASK = "batch-manager"
 
 log = get_logger("coderd.batch")
@@ -165,16 +168,18 @@ class BatchManager(Component):
     async def _spool(self, job: Job) -> None:
         directory = self.journal.directory(job)
         if job.kind == "file":
-            try:
-                source = resolve_inside(self.settings.inbox_dir, job.input_file, must_exist=True)
-            except ClaimCheckError as exc:
-                raise JobFailed(exc.code, str(exc)) from None
-            records = lambda: read_records(source)  # noqa: E731 - built in the worker thread
-        else:
+            inbox, name = self.settings.inbox_dir, job.input_file
+
+            def write_spool():  # opened, checked and read in the worker thread, through one descriptor
+                with open_input(inbox, name) as opened:
+                    return spool(read_records(opened), directory)
+        elif (directory / "request.jsonl").exists():  # inline records, one a line
+            write_spool = lambda: spool(read_local_records(directory / "request.jsonl"), directory)  # noqa: E731
+        else:  # journaled by an earlier version, as one JSON list
             raw = json.loads((directory / "request.json").read_text())
-            records = lambda: ((r, None) for r in raw)  # noqa: E731
+            write_spool = lambda: spool(((r, None) for r in raw), directory)  # noqa: E731
         try:
-            summary = await asyncio.to_thread(lambda: spool(records(), directory))
+            summary = await asyncio.to_thread(write_spool)
         except ClaimCheckError as exc:
             raise JobFailed(exc.code, str(exc)) from None
         job.total, job.invalid = summary.total, summary.invalid
@@ -289,8 +294,22 @@ class BatchManager(Component):
         raise JobFailed("batch_failed", "the batch output could not be downloaded")
 
     async def _deliver(self, job: Job) -> None:
-        directory = self.journal.directory(job)
-        reply = await asyncio.to_thread(batch_reply, job, directory, self.settings.outbox_dir)
+        directory, outbox = self.journal.directory(job), self.finisher.outbox
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                reply = await asyncio.to_thread(batch_reply, job, directory, outbox)
+                break
+            except ClaimCheckError as exc:  # the output file cannot be written
+                waited = time.monotonic() - started
+                if exc.code != "output_not_writable" or waited > OUTPUT_PATIENCE:
+                    job.failure = {"code": exc.code, "message": str(exc)}
+                    self.journal.save(job)  # the results stay with the API until its output expires
+                    continue
+                log.warning("batch_output_not_writable", job_id=job.job_id, error=str(exc),
+                            retrying_for_seconds=round(OUTPUT_PATIENCE - waited))
+                attempt += 1
+                await asyncio.sleep(OUTPUT_BACKOFF.delay(attempt))
         await self.finisher.finish(ReplyAddress(job.correlation_id, job.reply_to), reply,
-                                   elapsed=time.time() - job.created_at, job_id=job.job_id)
+                                   elapsed=time.time() - job.created_at, owner=job.owner, job_id=job.job_id)
         self.journal.remove(job)

@@ -1,35 +1,49 @@
-"""A finished batch job's reply: results mapped back into the reply (inline records) or
-into the output file (inputFile), or the failure. Blocking IO, for asyncio.to_thread."""
+"""A finished batch job's reply: results mapped back into an output file (inputFile), a
+results file for the reply (inline records), or the failure. Blocking IO, for
+asyncio.to_thread."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..durable import AtomicFile
-from ..request.claimcheck import resolve_inside
-from ..request.results import failed_reply
+from ..request.finish import ResultsFile
+from ..request.outbox import Outbox
+from ..request.results import encode, failed_reply
 from .journal import Job
 from .mapping import map_results
 
-# One encoder for every line: json.dumps with arguments builds a new one per call.
-encode_line = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
-
-def batch_reply(job: Job, directory: Path, outbox_dir: Path) -> dict:
+def batch_reply(job: Job, directory: Path, outbox: Outbox) -> dict:
+    """ClaimCheckError when an inputFile's output cannot be written (exists for another
+    request, leaves the outbox, or the outbox cannot be written now)."""
     if job.failure is not None:
         return failed_reply(job.topic, job.resolved_model or job.model, "batch",
                             job.failure["code"], job.failure["message"])
     manifest, outputs = directory / "manifest.jsonl", [directory / p.result for p in job.parts]
     reply = {"status": "completed", "topic": job.topic, "model": job.resolved_model, "route": "batch"}
-    if job.kind == "file":
-        with AtomicFile(resolve_inside(outbox_dir, job.output_file, must_exist=False)) as output:
-            counts = map_results(manifest, outputs, lambda result: output.write_line(encode_line(result)))
-        reply["output"] = {"file": job.output_file, "records": counts.records, "successful": counts.successful,
-                           "unsuccessful": counts.unsuccessful, "invalid": counts.invalid}
-    else:
+    if job.kind == "record":
         results: list[dict] = []
         map_results(manifest, outputs, results.append)
-        reply.update({"record": results[0]} if job.kind == "record" else {"records": results})
+        reply["record"] = results[0]
+    elif job.kind == "file":
+        target = outbox.claim(job.output_file, job.owner)
+        try:
+            with AtomicFile(target) as output:
+                counts = map_results(manifest, outputs, lambda result: output.write_line(encode(result)))
+            outbox.written(target, job.owner)
+        finally:
+            outbox.release(target)
+        reply["output"] = {"file": job.output_file, "records": counts.records, "successful": counts.successful,
+                           "unsuccessful": counts.unsuccessful, "invalid": counts.invalid}
+    else:  # inline records: the finisher publishes them, or delivers them as a claim check
+        results_file = ResultsFile(directory / "results.jsonl")
+        with AtomicFile(results_file.path) as output:
+            def keep(result: dict) -> None:
+                output.write_line(encode(result))
+                results_file.records += 1
+                results_file.counts[result["codeStatus"]] += 1
+            map_results(manifest, outputs, keep)
+        reply["records"] = results_file
     reply["error"] = None
     return reply

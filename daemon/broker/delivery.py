@@ -28,7 +28,8 @@ def correlation_id_of(message: AbstractIncomingMessage) -> str:
 
 def incoming_from(message: AbstractIncomingMessage, lane: str) -> Incoming:
     return Incoming(body=message.body, address=ReplyAddress(correlation_id_of(message), message.reply_to),
-                    lane=lane, producer=message.app_id or message.user_id or None)
+                    lane=lane, producer=message.app_id or message.user_id or None,
+                    content_encoding=message.content_encoding or None)
 
 
 async def process(message: AbstractIncomingMessage, *, lane: str, queue: str, dispatch: Dispatch,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import aio_pika
@@ -22,13 +21,12 @@ class ReplyPublisher:
         self.link = link  # its reply channel has publisher confirms on and returns raised
         self.default_reply_queue = default_reply_queue
 
-    async def publish(self, reply: dict, reply_to: str | None, correlation_id: str) -> None:
-        """Returns once the broker has confirmed the reply is safely queued.
+    async def publish(self, body: bytes, reply_to: str | None, correlation_id: str) -> None:
+        """Publish a rendered reply; returns once the broker has confirmed it is queued.
 
         A reply whose `reply_to` queue does not exist is not dropped: it goes to the
         default reply queue with a header naming where it should have gone.
         """
-        body = json.dumps(reply, separators=(",", ":")).encode()
         target = reply_to or self.default_reply_queue
         try:
             await self._send(body, target, correlation_id, {})

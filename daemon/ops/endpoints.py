@@ -15,7 +15,7 @@ from ..api.token import TokenProvider
 from ..batch.journal import PHASES, Journal
 from ..broker.connection import BrokerLink
 from ..broker.intake import Intake
-from ..config import Settings
+from ..config import Settings, mask_userinfo
 from ..lifecycle import Component
 from ..logs import get_logger
 from . import metrics
@@ -36,6 +36,9 @@ class DaemonView:
     limiter: CallLimiter
     journal: Journal
     supervisor: Supervisor
+    # True while api_url is unset and coderd codes through its own emulator (the demo
+    # default): settings.api_url is then the emulator's loopback URL.
+    builtin_emulator: bool = False
 
 
 class OperatorEndpoints(Component):
@@ -86,6 +89,7 @@ class OperatorEndpoints(Component):
         jobs = Counter(job.phase for job in view.journal.jobs())
         return {
             "ready": not reasons, "reasons": reasons,
+            "coding_api": self.coding_api(),
             "broker": "connected" if connected else "disconnected", "consumer": consumer,
             "token": {"obtainable": token_ok, "note": token_note, "age_seconds": self.token_age(),
                       "requests": view.tokens.fetches},
@@ -96,6 +100,16 @@ class OperatorEndpoints(Component):
             "batch_jobs": dict(jobs),
             "tasks": view.supervisor.snapshot(),
         }
+
+    def coding_api(self) -> dict:
+        """Which coding API coderd calls. The built-in emulator does not make coderd
+        unready (running it is the documented demo default), but it is said plainly."""
+        if self.view.builtin_emulator:
+            return {"builtin_emulator": True, "url": self.view.settings.api_url,
+                    "note": "api_url is not set: coding through coderd's BUILT-IN EMULATOR, "
+                            "not the real ABS service"}
+        url = self.view.settings.api_url
+        return {"builtin_emulator": False, "url": mask_userinfo(url) if url else None}
 
     def token_age(self) -> float | None:
         fetched = self.view.tokens.fetched_at
@@ -111,6 +125,7 @@ class OperatorEndpoints(Component):
         metrics.throttle_wait.set(view.limiter.waited)
         metrics.queue_depth.set(await self.queue_depth())
         metrics.broker_connected.set(1 if view.link.connected else 0)
+        metrics.builtin_emulator.set(1 if view.builtin_emulator else 0)
         metrics.set_consumer_state(view.intake.state)
         phases = Counter(job.phase for job in view.journal.jobs())
         for phase in PHASES:

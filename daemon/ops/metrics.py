@@ -36,6 +36,9 @@ queue_depth = Gauge("coderd_request_queue_depth", "Requests waiting in the reque
 consumer_state = Gauge("coderd_consumer", "1 for the consumer's current state",
                        ["state"], registry=REGISTRY)
 broker_connected = Gauge("coderd_broker_connected", "1 when connected to the broker", registry=REGISTRY)
+builtin_emulator = Gauge("coderd_builtin_emulator",
+                         "1 when coding through coderd's built-in emulator (api_url unset), not the real API",
+                         registry=REGISTRY)
 batch_jobs = Gauge("coderd_batch_jobs", "Journaled batch jobs, by phase", ["phase"], registry=REGISTRY)
 task_crashes = Counter("coderd_task_crashes", "Crashes of supervised tasks (each one is restarted), by task",
                        ["task"], registry=REGISTRY)

@@ -18,8 +18,14 @@ def render(address: str, state: dict) -> str:
     age = "none yet" if token["age_seconds"] is None else f"{token['age_seconds']:.0f} s old"
     jobs = ", ".join(f"{phase} {n}" for phase, n in sorted(state["batch_jobs"].items())) or "none"
     depth = "unknown" if state["queue_depth"] < 0 else str(state["queue_depth"])
-    lines = [
-        f"coderd at {address}: {'ready' if state['ready'] else 'NOT READY'}",
+    api = state.get("coding_api") or {}  # absent from an older daemon's answer
+    lines = [f"coderd at {address}: {'ready' if state['ready'] else 'NOT READY'}"]
+    if api.get("builtin_emulator"):
+        lines += ["  !!! CODING THROUGH CODERD'S BUILT-IN EMULATOR, NOT THE REAL ABS SERVICE: api_url is not set",
+                  f"  coding API    built-in emulator at {api.get('url')}"]
+    elif api:
+        lines.append(f"  coding API    {api.get('url')}")
+    lines += [
         f"  broker        {state['broker']}",
         f"  consumer      {state['consumer']}"
         + ("  (standby replica, or nothing delivered yet)" if state["consumer"] == "waiting" else ""),

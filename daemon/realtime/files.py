@@ -1,8 +1,10 @@
-"""An inputFile coded through the real-time worker (public tier, or `mode: sync`).
+"""Records from a file coded through the real-time worker: an `inputFile` (public tier, or
+`mode: sync`), or a large inline request spooled to disk.
 
-The file is read and coded a chunk at a time and the results written in input order,
-so memory stays flat however long the file is. The request stays unacked while it is
-coded: a crash means it is coded again from the start (at-least-once).
+The records are read and coded a chunk at a time and the results written in input order,
+so memory stays flat however many there are. Files are opened, checked and read in
+worker threads only (a slow or hostile file never stalls the event loop). The request
+stays unacked while it is coded: a crash means it is coded again from the start.
 """
 
 from __future__ import annotations
@@ -10,41 +12,53 @@ from __future__ import annotations
 import asyncio
 from itertools import islice
 from pathlib import Path
+from typing import Iterator
 
-from ..batch.reply import encode_line
 from ..durable import AtomicFile
-from ..request.claimcheck import read_records
 from ..request.cleaning import clean_records
+from ..request.finish import ResultsFile
+from ..request.inbox import open_input, read_records
 from ..request.messages import CodeRequest
-from ..request.results import HandBack, Refusal, failed_reply
+from ..request.results import HandBack, Refusal, encode, failed_reply
 from .backlog import CallKey
 from .job import SyncJob, pending_records
 from .worker import SyncWorker
 
 CHUNK = 3000  # records held in memory at a time: ten full calls
 
+Records = Iterator[tuple[object, "str | None"]]
+
 
 class _Unfinished(Exception):
-    """The file cannot be finished: no output is written, and this is the outcome."""
+    """The records cannot all be coded: no output is written, and this is the outcome."""
 
     def __init__(self, outcome: dict | HandBack) -> None:
         self.outcome = outcome
 
 
-async def code_file_via_sync(worker: SyncWorker, request: CodeRequest, source: Path, target: Path,
-                             output_name: str, suggestions: int, *, batch_available: bool) -> dict | HandBack:
+async def code_input_file(worker: SyncWorker, request: CodeRequest, inbox_dir: Path, target: Path,
+                          suggestions: int, *, batch_available: bool) -> tuple[ResultsFile | dict | HandBack, str]:
+    """Code `request.inputFile` from `inbox_dir` into `target`: (the results, or a failed
+    reply or a hand-back; the model). ClaimCheckError when the input cannot be opened
+    (path_not_allowed, input_not_found) or its CSV header is refused."""
+    with await asyncio.to_thread(open_input, inbox_dir, request.inputFile) as opened:
+        records = await asyncio.to_thread(read_records, opened)  # a CSV's header is read here
+        return await code_records(worker, request, records, target, suggestions, batch_available=batch_available)
+
+
+async def code_records(worker: SyncWorker, request: CodeRequest, records: Records, target: Path,
+                       suggestions: int, *, batch_available: bool) -> tuple[ResultsFile | dict | HandBack, str]:
+    """Code `records` ((raw, error) pairs) into `target`, one RecordResult a line, written
+    whole or not at all: (the ResultsFile, or a failed reply or a hand-back; the model)."""
     try:
-        return await _code_file(worker, request, source, target, output_name, suggestions,
-                                batch_available=batch_available)
+        return await _code(worker, request, records, target, suggestions, batch_available=batch_available)
     except _Unfinished as unfinished:  # raised inside the output's `with`: nothing was written
-        return unfinished.outcome
+        return unfinished.outcome, request.model
 
 
-async def _code_file(worker: SyncWorker, request: CodeRequest, source: Path, target: Path,
-                     output_name: str, suggestions: int, *, batch_available: bool) -> dict:
-    records = read_records(source)
-    counts = {"records": 0, "successful": 0, "unsuccessful": 0, "invalid": 0}
-    model = request.model
+async def _code(worker: SyncWorker, request: CodeRequest, records: Records, target: Path,
+                suggestions: int, *, batch_available: bool) -> tuple[ResultsFile, str]:
+    results, model = ResultsFile(target), request.model
     with AtomicFile(target) as output:
         while chunk := await asyncio.to_thread(lambda: list(islice(records, CHUNK))):
             raw = [record for record, _ in chunk]
@@ -64,9 +78,9 @@ async def _code_file(worker: SyncWorker, request: CodeRequest, source: Path, tar
             if isinstance(outcome, HandBack):
                 raise _Unfinished(outcome)
             model = job.model or model
-            for result in outcome:
-                counts["records"] += 1
-                counts[result["codeStatus"]] += 1
-                output.write_line(encode_line(result))
-    return {"status": "completed", "topic": request.topic, "model": model, "route": "sync",
-            "output": {"file": output_name, **counts}, "error": None}
+            lines = await asyncio.to_thread(lambda: [encode(result) for result in outcome])
+            for result, line in zip(outcome, lines):
+                results.records += 1
+                results.counts[result["codeStatus"]] += 1
+                output.write_line(line)
+    return results, model

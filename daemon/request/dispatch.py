@@ -1,9 +1,16 @@
 """One request, from its body to its outcome: validated, cleaned, routed, coded (or
-journaled for the batch service), answered, and the ack policy for its message."""
+journaled for the batch service), answered, and the ack policy for its message.
+
+Three shapes of request take three paths: inline records in a small body (parsed at
+once, held in memory), inline records in a large or compressed body (parsed as a stream
+and spooled to disk, coded like a file), and an `inputFile` (a claim check).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 
 from ..api.catalog import ModelCatalog
 from ..batch.journal import Job
@@ -11,22 +18,33 @@ from ..batch.manager import BatchManager
 from ..config import Settings
 from ..logs import get_logger
 from ..realtime.backlog import CallKey
-from ..realtime.files import code_file_via_sync
+from ..realtime.files import code_input_file, code_records
 from ..realtime.job import SyncJob, pending_records
 from ..realtime.worker import SyncWorker
-from .claimcheck import ClaimCheckError, default_output_name, resolve_inside
-from .cleaning import CleanRecord, clean_records
-from .finish import Finisher
+from .body import SpoolArea, is_large, spool_body
+from .claimcheck import ClaimCheckError, default_output_name
+from .cleaning import clean, clean_records, record_problem
+from .finish import Finisher, ResultsFile
+from .inbox import check_input, read_local_records
 from .incoming import AckPolicy, Incoming
-from .messages import CodeRequest, InvalidMessage, parse_request
+from .messages import CodeRequest, InvalidMessage, parse_request, request_from_members
+from .outbox import MAX_REPLY_BYTES
 from .results import HandBack, Refusal, completed_reply, failed_reply
-from .routing import choose_route
+from .routing import choose_route, longest
 
 log = get_logger("coderd.requests")
 
 # What a request comes to: a reply to publish now, a journaled batch job (its reply comes
 # when the job is done), or a hand-back to the queue.
 Outcome = dict | Job | HandBack
+MIN_RESULT_BYTES = 150  # no RecordResult is shorter: how large a reply will be, at least
+
+
+def new_job(incoming: Incoming, request: CodeRequest, suggestions: int, **fields) -> Job:
+    """A batch job for the request (journaled by the caller before its message is acked)."""
+    return Job.new(correlation_id=incoming.address.correlation_id, reply_to=incoming.address.reply_to,
+                   identity=incoming.identity, topic=request.topic, model=request.model, suggestions=suggestions,
+                   **fields)
 
 
 class Dispatcher:
@@ -34,6 +52,11 @@ class Dispatcher:
                  finisher: Finisher) -> None:
         self.settings, self.catalog, self.worker, self.batch = settings, catalog, worker, batch
         self.finisher = finisher
+        self.spool = SpoolArea(settings.state_dir)
+
+    @property
+    def batch_available(self) -> bool:
+        return self.settings.tier == "partner"
 
     async def handle(self, incoming: Incoming) -> AckPolicy:
         """Never raises (but for cancellation): whatever happens, the message is settled."""
@@ -54,68 +77,58 @@ class Dispatcher:
                      kind=outcome.kind)
             return AckPolicy.ACK
         try:
-            await self.finisher.finish(address, outcome, elapsed=incoming.elapsed(), lane=incoming.lane)
+            await self.finisher.finish(address, outcome, elapsed=incoming.elapsed(), lane=incoming.lane,
+                                       owner=incoming.identity)
         except Exception as exc:  # noqa: BLE001 - the reply is not confirmed: the request stays queued
             log.warning("reply_not_confirmed", correlation_id=address.correlation_id,
                         error=f"{type(exc).__name__}: {exc}")
             return AckPolicy.NACK
+        finally:
+            if isinstance(outcome.get("records"), ResultsFile):
+                shutil.rmtree(outcome["records"].path.parent, ignore_errors=True)
         return AckPolicy.ACK
 
     async def outcome(self, incoming: Incoming) -> Outcome:
+        if is_large(incoming.body, incoming.content_encoding):
+            return await self._spooled(incoming)
         try:
             request = parse_request(incoming.body)
         except InvalidMessage as exc:
             return failed_reply(None, None, None, "invalid_message", str(exc), exc.details)
-        suggestions = request.numberOfSuggestions
-        if suggestions is None:
-            suggestions = self.settings.number_of_suggestions
-        refusal = await self.catalog.check(request.topic, request.model)
-        if refusal is not None:  # known without a coding call (at most one topic-list call an hour)
-            return failed_reply(request.topic, request.model, None, refusal.code, refusal.message)
+        if (refusal := await self._refusal(request)) is not None:
+            return refusal
         if request.inputFile is not None:
-            return await self._file(request, incoming, suggestions)
+            return await self._file(request, incoming)
+        return await self._inline(request, incoming)
+
+    async def _refusal(self, request: CodeRequest) -> dict | None:
+        """A failed reply for what is known to fail without a coding call (at most one
+        topic-list call an hour)."""
+        refusal = await self.catalog.check(request.topic, request.model)
+        if refusal is not None:
+            return failed_reply(request.topic, request.model, None, refusal.code, refusal.message)
+        return None
+
+    def _suggestions(self, request: CodeRequest) -> int:
+        given = request.numberOfSuggestions
+        return self.settings.number_of_suggestions if given is None else given
+
+    async def _inline(self, request: CodeRequest, incoming: Incoming) -> Outcome:
         raw = request.raw_records
         cleaned, problems = clean_records(raw)
-        route = choose_route(request.mode, self.settings.tier, self.settings.batch_threshold, cleaned)
+        route = choose_route(request.mode, self.settings.tier, self.settings.batch_threshold, len(raw),
+                             longest(cleaned))
         if isinstance(route, Refusal):
             return failed_reply(request.topic, request.model, None, route.code, route.message)
         if route == "batch":
-            job = Job.new(correlation_id=incoming.address.correlation_id, reply_to=incoming.address.reply_to,
-                          topic=request.topic, model=request.model, suggestions=suggestions,
+            job = new_job(incoming, request, self._suggestions(request),
                           kind="record" if request.record is not None else "records")
             await asyncio.to_thread(self.batch.journal.create, job, raw)
             return job
-        return await self._sync(request, raw, cleaned, problems, suggestions)
-
-    async def _file(self, request: CodeRequest, incoming: Incoming, suggestions: int) -> Outcome:
-        """An inputFile: a batch job on the partner tier, else coded through the sync worker."""
-        try:
-            source = resolve_inside(self.settings.inbox_dir, request.inputFile, must_exist=True)
-            output_name = request.outputFile or default_output_name(request.inputFile)
-            target = resolve_inside(self.settings.outbox_dir, output_name, must_exist=False)
-        except ClaimCheckError as exc:
-            return failed_reply(request.topic, request.model, None, exc.code, str(exc))
-        route = choose_route(request.mode, self.settings.tier, self.settings.batch_threshold, [])
-        if isinstance(route, Refusal):
-            return failed_reply(request.topic, request.model, None, route.code, route.message)
-        if self.settings.tier == "partner" and request.mode != "sync":
-            job = Job.new(correlation_id=incoming.address.correlation_id, reply_to=incoming.address.reply_to,
-                          topic=request.topic, model=request.model, kind="file", suggestions=suggestions,
-                          input_file=request.inputFile, output_file=output_name)
-            await asyncio.to_thread(self.batch.journal.create, job, None)
-            return job
-        try:
-            return await code_file_via_sync(self.worker, request, source, target, output_name, suggestions,
-                                            batch_available=self.settings.tier == "partner")
-        except ClaimCheckError as exc:
-            return failed_reply(request.topic, request.model, "sync", exc.code, str(exc))
-
-    async def _sync(self, request: CodeRequest, raw: list, cleaned: list[CleanRecord | None],
-                    problems: dict[int, str], suggestions: int) -> Outcome:
         job = SyncJob(raw, request.model)
-        pending = pending_records(job, cleaned, problems, batch_available=self.settings.tier == "partner")
+        pending = pending_records(job, cleaned, problems, batch_available=self.batch_available)
         if pending:
-            self.worker.submit(CallKey(request.topic, request.model, suggestions), pending)
+            self.worker.submit(CallKey(request.topic, request.model, self._suggestions(request)), pending)
         try:
             outcome = await job.outcome
         except asyncio.CancelledError:
@@ -126,3 +139,88 @@ class Dispatcher:
         if isinstance(outcome, HandBack):
             return outcome
         return completed_reply(request, job.model, "sync", outcome)
+
+    async def _spooled(self, incoming: Incoming) -> Outcome:
+        """A large or compressed body: parsed as a stream in a thread, its records written to
+        a spool file and coded from there, like a file."""
+        directory, longest_seen = self.spool.new(), [0]
+        await asyncio.to_thread(lambda: incoming.identity)  # hashing a large body: not on the loop
+
+        def measure(item) -> None:  # the longest record decides the route, as for a small body
+            if record_problem(item) is None:
+                longest_seen[0] = max(longest_seen[0], clean(item.get("occp_text"), item.get("tasks_text")).length)
+
+        keep = False
+        try:
+            try:
+                spooled = await asyncio.to_thread(spool_body, incoming.body, incoming.content_encoding,
+                                                  directory, measure)
+                request = request_from_members(spooled.fields, spooled.count if spooled.records else None)
+            except InvalidMessage as exc:
+                return failed_reply(None, None, None, "invalid_message", str(exc), exc.details)
+            if (refusal := await self._refusal(request)) is not None:
+                return refusal
+            if request.inputFile is not None:
+                return await self._file(request, incoming)
+            if spooled.records is None:  # one `record`: small once decoded
+                return await self._inline(request, incoming)
+            outcome = await self._spooled_records(request, incoming, spooled.records, spooled.count, longest_seen[0])
+            keep = isinstance(outcome, dict) and isinstance(outcome.get("records"), ResultsFile)
+            return outcome
+        finally:
+            if not keep:  # a ResultsFile is removed once its reply is sent
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    async def _spooled_records(self, request: CodeRequest, incoming: Incoming, records: Path, count: int,
+                               longest_record: int) -> Outcome:
+        route = choose_route(request.mode, self.settings.tier, self.settings.batch_threshold, count, longest_record)
+        if isinstance(route, Refusal):
+            return failed_reply(request.topic, request.model, None, route.code, route.message)
+        if route == "batch":
+            job = new_job(incoming, request, self._suggestions(request), kind="records")
+            await asyncio.to_thread(self.batch.journal.create, job, None, records)
+            return job
+        if count * MIN_RESULT_BYTES > MAX_REPLY_BYTES:  # the reply will be a claim check: the outbox must take it
+            try:
+                await asyncio.to_thread(self.finisher.outbox.check_writable)
+            except ClaimCheckError as exc:
+                return failed_reply(request.topic, request.model, None, exc.code, str(exc))
+        outcome, model = await code_records(
+            self.worker, request, read_local_records(records), records.with_name("results.jsonl"),
+            self._suggestions(request), batch_available=self.batch_available)
+        if not isinstance(outcome, ResultsFile):
+            return outcome
+        return {"status": "completed", "topic": request.topic, "model": model, "route": "sync",
+                "records": outcome, "error": None}
+
+    async def _file(self, request: CodeRequest, incoming: Incoming) -> Outcome:
+        """An inputFile: a batch job on the partner tier, else coded through the sync worker.
+        Its output is claimed in the outbox before any coding call is spent."""
+        outbox, owner = self.finisher.outbox, incoming.identity
+        try:
+            await asyncio.to_thread(check_input, self.settings.inbox_dir, request.inputFile)  # opened again to read
+            output_name = request.outputFile or default_output_name(request.inputFile)
+            target = await asyncio.to_thread(outbox.claim, output_name, owner)
+        except ClaimCheckError as exc:
+            return failed_reply(request.topic, request.model, None, exc.code, str(exc))
+        try:
+            route = choose_route(request.mode, self.settings.tier, self.settings.batch_threshold, 0, 0)
+            if isinstance(route, Refusal):
+                return failed_reply(request.topic, request.model, None, route.code, route.message)
+            if self.batch_available and request.mode != "sync":
+                job = new_job(incoming, request, self._suggestions(request), kind="file",
+                              input_file=request.inputFile, output_file=output_name)
+                await asyncio.to_thread(self.batch.journal.create, job, None)
+                return job
+            try:
+                outcome, model = await code_input_file(self.worker, request, self.settings.inbox_dir, target,
+                                                       self._suggestions(request), batch_available=self.batch_available)
+            except ClaimCheckError as exc:
+                return failed_reply(request.topic, request.model, "sync", exc.code, str(exc))
+            if not isinstance(outcome, ResultsFile):
+                return outcome
+            await asyncio.to_thread(outbox.written, target, owner)
+            return {"status": "completed", "topic": request.topic, "model": model, "route": "sync",
+                    "output": {"file": output_name, "records": outcome.records, **outcome.counts}, "error": None}
+        finally:
+            outbox.release(target)

@@ -7,6 +7,8 @@ settles the delivery by the `AckPolicy` the core returns.
 from __future__ import annotations
 
 import enum
+import functools
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +28,19 @@ class Incoming:
     address: ReplyAddress
     lane: str = "bulk"
     producer: str | None = None  # app_id or user_id, where the producer gives one
+    content_encoding: str | None = None
     received: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.received
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Which request this is, whichever delivery of it: its correlation_id and body."""
+        digest = hashlib.sha256(self.address.correlation_id.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+        digest.update(self.body)
+        return digest.hexdigest()[:32]
 
 
 class AckPolicy(enum.Enum):

@@ -15,7 +15,7 @@ from ..constants import MAX_SUGGESTIONS
 
 ErrorCode = Literal[
     "invalid_message", "unknown_topic", "unknown_model", "model_topic_mismatch", "input_not_found",
-    "path_not_allowed", "batch_failed", "upstream_error", "not_supported",
+    "path_not_allowed", "output_exists", "output_not_writable", "batch_failed", "upstream_error", "not_supported",
 ]
 
 
@@ -145,6 +145,18 @@ def parse_request(body: bytes) -> CodeRequest:
         raise InvalidMessage("body is not JSON that can be read: it is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidMessage(f"body must be a JSON object, not {type(data).__name__}")
+    return validate_request(data)
+
+
+def request_from_members(members: dict, records: int | None) -> CodeRequest:
+    """The CodeRequest of a body parsed as a stream (body.py): its members, with `records`
+    (when it was a list of `records` items, spooled to disk) standing in by its emptiness."""
+    if records is not None:
+        members = {**members, "records": [None] * min(records, 1)}
+    return validate_request(members)
+
+
+def validate_request(data: dict) -> CodeRequest:
     try:
         return CodeRequest.model_validate(data)
     except ValidationError as exc:
@@ -203,7 +215,9 @@ class ErrorInfo(BaseModel):
 
 
 class OutputSummary(BaseModel):
-    """Where the results of an `inputFile` request went, and how they came out."""
+    """Where the results went, and how they came out: for an `inputFile` request, and for
+    a reply too large to publish (over 16 MiB), whose RecordResults are delivered as a file
+    in the outbox instead (`replies/<correlation_id>.coded.jsonl`)."""
 
     file: str = Field(description="The output file, relative to the daemon's `outbox_dir`.")
     records: int = Field(description="RecordResults written: one a line, in input order.")
@@ -236,5 +250,6 @@ class Reply(BaseModel):
     records: list[RecordResult] | None = Field(
         None, description="When the request had `records`: one RecordResult each, in request order.")
     output: OutputSummary | None = Field(
-        None, description="When the request had `inputFile`: the RecordResults are in the output file.")
+        None, description="When the request had `inputFile`, or when its reply would have been larger than "
+                          "16 MiB: the RecordResults are in the output file, in request order.")
     error: ErrorInfo | None = Field(None, description="Set when `failed`, else null.")

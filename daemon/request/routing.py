@@ -15,8 +15,13 @@ from .cleaning import CleanRecord
 from .results import Refusal
 
 
-def choose_route(mode: str, tier: str, batch_threshold: int, records: list[CleanRecord | None]) -> str | Refusal:
-    """'sync', 'batch', or a Refusal. `records` holds None for records already invalid."""
+def longest(records: list[CleanRecord | None]) -> int:
+    """The longest cleaned record's length (None: a record already invalid)."""
+    return max((r.length for r in records if r is not None), default=0)
+
+
+def choose_route(mode: str, tier: str, batch_threshold: int, count: int, longest: int) -> str | Refusal:
+    """'sync', 'batch', or a Refusal, for `count` records whose longest cleans to `longest`."""
     batch_available = tier == "partner"
     if mode == "sync":
         return "sync"
@@ -24,8 +29,6 @@ def choose_route(mode: str, tier: str, batch_threshold: int, records: list[Clean
         if not batch_available:
             return Refusal("not_supported", "the batch service needs the partner tier; this coderd runs on the public tier")
         return "batch"
-    if batch_available and (
-        len(records) > batch_threshold or any(r is not None and r.length > SYNC_MAX_CHARS for r in records)
-    ):
+    if batch_available and (count > batch_threshold or longest > SYNC_MAX_CHARS):
         return "batch"
     return "sync"

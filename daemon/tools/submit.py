@@ -112,8 +112,8 @@ class Submission:
         from tqdm import tqdm
 
         from ..broker.connection import FailoverConnection
-        from ..request.claimcheck import read_records
-        s, a, self.aio_pika, self.records = self.settings, self.args, aio_pika, lambda: read_records(self.path)
+        from ..request.inbox import read_local_records
+        s, a, self.aio_pika, self.records = self.settings, self.args, aio_pika, lambda: read_local_records(self.path)
         self.total = total = await asyncio.to_thread(lambda: sum(1 for _ in self.records()))
         header = {"hash": self.hash, "input": str(self.path), "queue": self.queue_name, "records": total,
                   "topic": a.topic, "model": a.model, "suggestions": a.suggestions, "mode": "chunks"}
