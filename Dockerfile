@@ -14,9 +14,14 @@ FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
+# The dependencies exactly as locked (requirements/runtime.txt, written by scripts/lock): the
+# released wheels, each checked against its hash, so that two builds hold the same packages.
+COPY requirements/runtime.txt ./requirements/
+RUN pip wheel --no-cache-dir --require-hashes --only-binary=:all: --wheel-dir /wheels \
+      -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- runtime ------------------------------------------------------------------------
 FROM python:3.11-slim
@@ -37,9 +42,15 @@ RUN groupadd --system --gid 10001 coderd \
  && chown -R 10001:10001 /var/lib/coderd \
  && chmod 0750 /var/lib/coderd
 
-# The wheels are bind-mounted from the build stage, so none of them stays in a layer.
+# The wheels and the lock are bind-mounted from the build stage, so none of them stays in a
+# layer. The dependencies are installed from the lock with their hashes checked again, then
+# coderd without dependencies; pip check confirms that the lock satisfies coderd.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/coderd-*.whl
+    --mount=type=bind,from=build,source=/src/requirements,target=/requirements \
+    pip install --no-cache-dir --no-index --find-links=/wheels --require-hashes \
+      -r /requirements/runtime.txt \
+ && pip install --no-cache-dir --no-index --no-deps /wheels/coderd-*.whl \
+ && pip check
 
 ENV CODERD_STATE_DIR=/var/lib/coderd \
     CODERD_INBOX_DIR=/var/lib/coderd/inbox \

@@ -94,6 +94,8 @@ class Settings(BaseModel):
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     request_queue: str = Field("coding.requests", min_length=1)
+    interactive_queue: str = Field(None, min_length=1)  # None in input: request_queue + ".interactive"
+    interactive_max_wait_seconds: float = Field(2.0, ge=0)
     default_reply_queue: str = Field("coding.replies", min_length=1)
     api_url: str | None = None
     auth_url: str | None = None
@@ -111,6 +113,19 @@ class Settings(BaseModel):
     outbox_dir: Path = Path("var/outbox")
     http_listen: str = "127.0.0.1:9464"
     log_format: Literal["json", "console"] = "json"
+    quota_burst: float = Field(0.05, ge=0, le=1)
+    cache: bool = True
+    cache_max_entries: int = Field(1_000_000, ge=1)
+    cache_ttl_days: float = Field(30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _interactive_queue_from_request_queue(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("interactive_queue") is None:
+            request_queue = data.get("request_queue", cls.model_fields["request_queue"].default)
+            if isinstance(request_queue, str):
+                data = {**data, "interactive_queue": f"{request_queue}.interactive"}
+        return data
 
     @model_validator(mode="before")
     @classmethod

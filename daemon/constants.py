@@ -10,3 +10,5 @@ BATCH_MAX_FILE_BYTES = 5 * 1024**3
 DELIVERY_LIMIT = 5
 # Unacked requests the daemon holds: enough to fill several 300-record calls.
 PREFETCH = 1000
+BULK, INTERACTIVE = "bulk", "interactive"  # the two lanes
+INTERACTIVE_PREFETCH = 100  # the interactive lane: few records a message, answered at once

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import aiohttp
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from .api.cache import ResultCache
 from .api.catalog import ModelCatalog
 from .api.client import ApiCaller, call_tracing
 from .api.limiter import CallLimiter
+from .api.pacer import QuotaPacer
 from .api.quota import QuotaLedger
 from .api.token import TokenProvider
 from .batch.manager import BatchManager
@@ -33,9 +35,11 @@ from .ops.endpoints import DaemonView, OperatorEndpoints
 from .ops.sdnotify import SystemdNotifier
 from .ops.supervisor import Supervisor
 from .realtime.worker import SyncWorker
+from .request.answered import AnsweredLog
 from .request.dispatch import Dispatcher
 from .request.finish import Finisher, Publisher
 from .request.outbox import Outbox
+from .statedir import StateDir
 
 log = get_logger("coderd")
 
@@ -73,6 +77,7 @@ class Core:
     runs it behind the intake; tests drive `dispatcher.handle` directly."""
 
     settings: Settings
+    state: StateDir
     tokens: TokenProvider
     limiter: CallLimiter
     ledger: QuotaLedger
@@ -86,21 +91,28 @@ class Core:
     @property
     def components(self) -> tuple:
         """What must be started (in this order) before a request is dispatched."""
-        return self.worker, self.batch
+        return tuple(c for c in (self.state, self.finisher.answered, self.worker.cache, self.worker, self.batch)
+                     if c is not None)
 
 
 def build_core(settings: Settings, secret: str, session: aiohttp.ClientSession, publisher: Publisher,
                supervisor: Supervisor) -> Core:
     tokens = TokenProvider(session, settings.auth_url, settings.client_id, secret, settings.state_dir)
     limiter = CallLimiter(settings.requests_per_second)
-    ledger = QuotaLedger(settings.state_dir, settings.daily_quota)
+    state = StateDir(settings.state_dir, supervisor)
+    ledger = QuotaLedger(settings.state_dir, settings.daily_quota, state=state)
     caller = ApiCaller(session, settings.api_url, tokens, limiter, ledger)
     catalog = ModelCatalog(caller)
-    finisher = Finisher(publisher, Outbox(settings.outbox_dir, settings.state_dir))
-    worker = SyncWorker(caller, catalog, supervisor)
-    batch = BatchManager(settings, caller, catalog, session, finisher, supervisor)
-    dispatcher = Dispatcher(settings, catalog, worker, batch, finisher)
-    return Core(settings, tokens, limiter, ledger, caller, catalog, worker, batch, finisher, dispatcher)
+    answered = AnsweredLog(settings.state_dir, supervisor)
+    finisher = Finisher(publisher, Outbox(settings.outbox_dir, settings.state_dir), answered)
+    pacer = QuotaPacer(ledger, settings.quota_burst)
+    cache = ResultCache(settings.state_dir, max_entries=settings.cache_max_entries, ttl_days=settings.cache_ttl_days,
+                        supervisor=supervisor) if settings.cache else None
+    worker = SyncWorker(caller, catalog, supervisor, state, pacer, cache,
+                        interactive_max_wait=settings.interactive_max_wait_seconds)
+    batch = BatchManager(settings, caller, catalog, session, finisher, supervisor, state, cache)
+    dispatcher = Dispatcher(settings, catalog, worker, batch, finisher, state)
+    return Core(settings, state, tokens, limiter, ledger, caller, catalog, worker, batch, finisher, dispatcher)
 
 
 class Daemon:
@@ -127,14 +139,14 @@ class Daemon:
             supervisor = await stack.enter_async_context(Supervisor())
             session = await stack.enter_async_context(aiohttp.ClientSession(trace_configs=[call_tracing()]))
             link = BrokerLink(settings)
-            publisher = ReplyPublisher(link, settings.default_reply_queue)
+            publisher = ReplyPublisher(link, settings.default_reply_queue, settings.request_queue)
             core = build_core(settings, secret, session, publisher, supervisor)
             intake = Intake(settings, link, core.dispatcher.handle, publisher, core.limiter)
             endpoints = OperatorEndpoints(*settings.http_host_port, DaemonView(
                 settings, link, intake, core.tokens, core.ledger, core.limiter, core.batch.journal, supervisor,
-                builtin_emulator=builtin_emulator))
+                core.state, core.worker, builtin_emulator=builtin_emulator))
             if core.ledger.exhausted:
-                await intake.pause("daily quota used up: consuming resumes at 00:00 UTC")
+                await intake.pause("quota", "daily quota used up: consuming resumes at 00:00 UTC")
             self.core, self.endpoints, self.intake = core, endpoints, intake
             try:
                 await stack.enter_async_context(endpoints)
@@ -155,8 +167,11 @@ class Daemon:
                                    f"{failure_reason(exc)}") from None
             for component in (*core.components, intake):
                 await stack.enter_async_context(component)
-            supervisor.start_task("quota-pause", lambda: intake.follow_quota(core.ledger))
-            stack.push_async_callback(supervisor.stop_task, "quota-pause")  # before the intake stops
+            followers = {"quota-pause": lambda: intake.follow_quota(core.ledger),
+                         "state-dir-pause": lambda: intake.follow_state_dir(core.state)}
+            for name, follow in followers.items():
+                supervisor.start_task(name, follow)
+                stack.push_async_callback(supervisor.stop_task, name)  # stopped before the intake
             if self.notifier.enabled and self.notifier.watchdog_interval is not None:
                 # From the event loop: if the loop stalls the pings stop and systemd restarts us.
                 supervisor.start_task("sd-watchdog", self.notifier.watchdog)
@@ -165,5 +180,6 @@ class Daemon:
             self.ready.set()
             await stop.wait()
             self.notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
+            core.worker.begin_shutdown()  # what waits for the day's budget goes back to the queue now
         log.info("stopped")
         return 0

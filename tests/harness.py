@@ -115,6 +115,7 @@ class Broker:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.request_queue = f"{prefix}.requests"
+        self.interactive_queue = f"{prefix}.requests.interactive"  # coderd's default: request_queue + ".interactive"
         self.reply_queue = f"{prefix}.replies"
         self.default_reply_queue = f"{prefix}.default-replies"
         self.connection = None
@@ -151,6 +152,37 @@ class Broker:
                             lambda: f"unanswered: {sorted(expected - set(seen))[:10]}")
         return seen
 
+    async def reply_counts(self, expected: set[str], *, quiet: float = 2.0, timeout: float = 90) -> dict[str, int]:
+        """Replies per correlation id, collected until every expected one has come and
+        nothing more arrives for `quiet` seconds (duplicates are counted, not dropped)."""
+        counts: dict[str, int] = {}
+        arrived = asyncio.Event()
+
+        def keep(item) -> None:
+            counts[item[0]] = counts.get(item[0], 0) + 1
+            arrived.set()
+
+        q = await self.channel.declare_queue(self.reply_queue, durable=True)
+
+        async def take(message):
+            async with message.process():
+                keep((message.correlation_id, None))
+
+        tag = await q.consume(take)
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), quiet)
+                except asyncio.TimeoutError:
+                    if set(counts) >= expected:
+                        return counts
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(f"unanswered: {sorted(expected - set(counts))[:10]}")
+        finally:
+            await q.cancel(tag)
+
     async def _collect(self, queue: str | None, timeout: float, keep, enough, failure) -> None:
         done = asyncio.Event()
         q = await self.channel.declare_queue(queue or self.reply_queue, durable=True, passive=queue is not None)
@@ -179,7 +211,8 @@ class Broker:
 
     async def close(self) -> None:
         channel = await self.connection.channel()
-        for name in (self.request_queue, f"{self.request_queue}.dead", self.reply_queue, self.default_reply_queue):
+        for name in (self.request_queue, f"{self.request_queue}.dead", self.interactive_queue,
+                     f"{self.interactive_queue}.dead", self.reply_queue, self.default_reply_queue):
             try:
                 await channel.queue_delete(name)
             except Exception:
@@ -195,6 +228,8 @@ def daemon_env(emulator_url: str, broker: Broker, state_dir: Path, **overrides) 
         "CODERD_CLIENT_ID": "client1",
         "CODERD_CLIENT_SECRET": "secret123",
         "CODERD_REQUEST_QUEUE": broker.request_queue,
+        # Quota pacing off unless a test turns it on: what it paces depends on the time of day.
+        "CODERD_QUOTA_BURST": "1",
         "CODERD_DEFAULT_REPLY_QUEUE": broker.default_reply_queue,
         "CODERD_STATE_DIR": str(state_dir),
         "CODERD_INBOX_DIR": str(state_dir / "inbox"),

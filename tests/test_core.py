@@ -13,6 +13,7 @@ from inprocess import running_core
 
 from daemon.backoff import Backoff
 from daemon.emulator import Client
+from daemon.realtime import calls as calls_module
 from daemon.realtime import worker as worker_module
 
 ONE = {"topic": "anzsco", "record": {"recordId": "r1", "occp_text": "software developer",
@@ -26,7 +27,7 @@ def records(n: int, prefix: str = "r") -> list[dict]:
 
 @pytest.fixture
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(worker_module, "RETRY_BACKOFF", Backoff(base=0.01, cap=0.05))
+    monkeypatch.setattr(calls_module, "RETRY_BACKOFF", Backoff(base=0.01, cap=0.05))
 
 
 async def test_a_record_is_coded_and_acked_after_its_reply(make_emulator, tmp_path):
@@ -115,7 +116,7 @@ async def test_an_input_file_is_coded_into_the_outbox(make_emulator, tmp_path):
         message = await core.deliver({"topic": "anzsco", "inputFile": "in.jsonl"})
         reply = core.reply(message)
     assert reply["output"] == {"file": "in.coded.jsonl", "records": 6, "successful": reply["output"]["successful"],
-                               "unsuccessful": reply["output"]["unsuccessful"], "invalid": 1}
+                               "unsuccessful": reply["output"]["unsuccessful"], "invalid": 1, "cached": 0}
     lines = (core.settings.outbox_dir / "in.coded.jsonl").read_text().splitlines()
     assert [json.loads(line)["recordId"] for line in lines[:5]] == [f"r{i}" for i in range(5)]
 
@@ -359,3 +360,59 @@ async def test_a_record_whose_record_id_is_not_a_string_is_invalid_alone(make_em
     assert [(r["recordId"], r["codeStatus"]) for r in reply["records"]] == [
         (None, "invalid"), (None, "invalid"), ("ok", "successful")]
     assert "recordId must be a string" in reply["records"][0]["error"]
+
+
+async def test_a_request_delivered_again_after_its_reply_is_acked_not_coded(make_emulator, tmp_path):
+    """The broker delivers a request again when the connection was cut after its reply was
+    confirmed but before its ack: it is not coded or answered again, even after a restart."""
+    api = await make_emulator()
+    async with running_core(api.url, tmp_path) as core:
+        first = await core.deliver(ONE, correlation_id="once")
+        again = await core.deliver(ONE, correlation_id="once")
+        other_body = await core.deliver({**ONE, "numberOfSuggestions": 1}, correlation_id="once")
+    async with running_core(api.url, tmp_path) as restarted:
+        after_restart = await restarted.deliver(ONE, correlation_id="once")
+    assert first.settled == again.settled == after_restart.settled == ["ack"]
+    assert len(core.publisher.for_id("once")) == 2  # the first, and the request with another body
+    assert restarted.publisher.replies == []
+    assert api.stats.coding_calls == 2 and other_body.settled == ["ack"]
+
+
+async def test_a_batch_request_delivered_again_joins_its_journaled_job(make_emulator, tmp_path):
+    api = await make_emulator(processing_seconds=0.5)
+    batch = {"topic": "anzsco", "mode": "batch", "records": records(20)}
+    async with running_core(api.url, tmp_path, tier="partner") as core:
+        first = await core.deliver(batch, correlation_id="job-1")
+        again = await core.deliver(batch, correlation_id="job-1")  # the ack was lost to a cut
+        for _ in range(200):
+            if core.publisher.for_id("job-1"):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    assert first.settled == again.settled == ["ack"]
+    assert len(core.publisher.for_id("job-1")) == 1 and api.stats.operations_created == 1
+
+
+async def test_in_a_token_outage_every_request_waits_the_same_patience_then_fails(make_emulator, tmp_path,
+                                                                                  monkeypatch):
+    from daemon.api import token as token_module
+
+    monkeypatch.setattr(worker_module, "TOKEN_PATIENCE", 1.5)
+    monkeypatch.setattr(worker_module, "TOKEN_RECHECK", 0.1)
+    monkeypatch.setattr(token_module, "TRANSIENT_BACKOFF", Backoff(base=0.2, cap=0.4, jitter=False))
+    api = await make_emulator()
+    api.faults.token_outage = True
+    async with running_core(api.url, tmp_path) as core:
+        early = core.start(ONE)
+        await asyncio.sleep(0.7)
+        late = core.start(ONE)
+        await asyncio.wait_for(early[1], 10)
+        late_still_waiting = not late[1].done()  # its own patience runs from its own arrival
+        await asyncio.wait_for(late[1], 10)
+        api.faults.token_outage = False
+        recovered = await asyncio.wait_for(core.deliver(ONE), 10)
+    for message, _ in (early, late):
+        reply = core.reply(message)
+        assert reply["error"]["code"] == "upstream_error" and "within 2 s" in reply["error"]["message"]
+    assert late_still_waiting
+    assert core.reply(recovered)["status"] == "completed"

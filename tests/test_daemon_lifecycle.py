@@ -69,7 +69,7 @@ async def test_secrets_never_reach_the_log(broker, tmp_path):
     try:
         async with EmulatorServer(quiet_config(requests_per_second=20)) as api:
             env = daemon_env(api.url, broker, tmp_path / "state", amqp_url=f"amqp://{user}:{password}@127.0.0.1:5672/",
-                             log_format="json")
+                             log_format="json", cache="false")  # the second request must make a call
             daemon = await DaemonProcess(env, tmp_path / "coderd.log").start()
             await daemon.wait_for_event("consuming")
             await broker.publish({"topic": "anzsco", "record": GUIDE})

@@ -57,3 +57,18 @@ async def test_reply_addressing(coderd, broker, fast_emulator):
     await broker.publish({"topic": "anzsco", "record": GUIDE}, reply_to=missing, correlation_id="lost")
     [(cid, reply)] = await broker.replies(1, queue=broker.default_reply_queue)
     assert cid == "lost" and reply["status"] == "completed"
+
+
+async def test_a_deleted_default_reply_queue_is_declared_again_and_nothing_is_coded_twice(coderd, broker,
+                                                                                        fast_emulator):
+    daemon = await coderd(fast_emulator)
+    channel = await broker.connection.channel()
+    await channel.queue_delete(broker.default_reply_queue)
+    missing = f"no-such-queue-{uuid.uuid4().hex}"
+    await broker.publish({"topic": "anzsco", "record": GUIDE}, reply_to=missing, correlation_id="nowhere")
+    await daemon.wait_for_event("request_done")
+    [(cid, reply)] = await broker.replies(1, queue=broker.default_reply_queue)
+    assert cid == "nowhere" and reply["status"] == "completed"
+    assert fast_emulator.stats.coding_calls == 1
+    assert await broker.message_count(broker.request_queue) == 0
+    assert any(e.get("event") == "default_reply_queue_missing" for e in daemon.events())

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import aiohttp
+import pytest
 from conftest import quiet_config
 from harness import ROOT, DaemonProcess, daemon_env
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,12 +44,16 @@ async def test_health_readiness_and_metrics(coderd, broker):
         assert ready["consumer"] == "waiting" and ready["token"]["obtainable"]
         assert ready["coding_api"] == {"builtin_emulator": False, "url": api.url}
         for i in range(3):
-            await broker.publish({"topic": "anzsco", "records": [GUIDE, {"occp_text": "x"}]}, correlation_id=f"m{i}")
+            distinct = {**GUIDE, "occp_text": f"{GUIDE['occp_text']} {i}"}  # neither cached nor deduplicated
+            await broker.publish({"topic": "anzsco", "records": [distinct, {"occp_text": "x"}]},
+                                 correlation_id=f"m{i}")
         await broker.replies(3)
         await daemon.wait_for_event("request_done", count=3)
         ready = json.loads((await get(session, f"{base}/readyz"))[1])
         assert ready["consumer"] == "active" and ready["quota"]["used"] >= 2
         assert ready["last_minute"]["records"] >= 3 and ready["token"]["requests"] == 1
+        assert ready["quota"]["pace_calls_per_hour"] > 0 and ready["quota"]["pacing_wait_seconds"] == 0
+        assert ready["cache"]["misses"] >= 3 and ready["cache"]["hits"] == 0
         status, text = await get(session, f"{base}/metrics")
         found = samples(text)
         assert status == 200
@@ -57,17 +62,23 @@ async def test_health_readiness_and_metrics(coderd, broker):
         assert found[("coderd_coding_calls_total", ())] >= 1
         assert found[("coderd_quota_used", ())] >= 2
         assert found[("coderd_token_requests", ())] == 1
-        assert found[("coderd_request_queue_depth", ())] == 0
+        assert found[("coderd_request_queue_depth", (("lane", "bulk"),))] == 0
+        assert found[("coderd_request_queue_depth", (("lane", "interactive"),))] == 0
+        assert ready["lanes"]["bulk"]["p50_seconds"] is not None and ready["lanes"]["interactive"]["p50_seconds"] is None
         assert found[("coderd_consumer", (("state", "active"),))] == 1
-        assert ("coderd_reply_latency_seconds_count", (("route", "sync"),)) in found
+        assert found[("coderd_reply_latency_seconds_count", (("lane", "bulk"), ("route", "sync")))] == 3
         assert ("coderd_batch_jobs", (("phase", "polling"),)) in found
         assert found[("coderd_builtin_emulator", ())] == 0
+        assert found[("coderd_quota_pace_calls_per_hour", ())] == pytest.approx(
+            ready["quota"]["pace_calls_per_hour"], rel=0.05)
+        assert found[("coderd_cache_lookups_total", (("result", "miss"),))] >= 3
 
         env = {**daemon.env}
         done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "daemon", "status"], cwd=ROOT,
                                        env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         assert "connected" in done.stdout and "active" in done.stdout and "quota" in done.stdout
+        assert "even pace" in done.stdout and "result cache" in done.stdout
         assert f"coding API    {api.url}" in done.stdout and "EMULATOR" not in done.stdout
 
 

@@ -68,11 +68,9 @@ async def test_an_oversized_reply_from_a_large_body_is_a_claim_check(make_emulat
     api = await make_emulator()
     batch = records(900)
     async with running_core(api.url, tmp_path) as core:
-        await core.deliver({"topic": "anzsco", "records": batch}, correlation_id="large-1")
-        await core.deliver({"topic": "anzsco", "records": batch}, correlation_id="large-1")
-        reply, again = core.publisher.for_id("large-1")
+        message = await core.deliver({"topic": "anzsco", "records": batch}, correlation_id="large-1")
+        reply = core.reply(message)
     assert reply["output"]["file"] == "replies/large-1.coded.jsonl" and reply["output"]["records"] == 900
-    assert again["output"] == reply["output"]  # delivered again: its own file, written again
     lines = (core.settings.outbox_dir / "replies/large-1.coded.jsonl").read_text().splitlines()
     assert [json.loads(line)["recordId"] for line in lines] == [r["recordId"] for r in batch]
 
@@ -114,6 +112,9 @@ async def test_an_output_of_another_request_is_never_replaced(make_emulator, tmp
         await core.deliver(request, correlation_id="first")
         before = (core.settings.outbox_dir / "out.jsonl").read_bytes()
         other = core.reply(await core.deliver(request, correlation_id="second"))
+        core.core.finisher.answered._recent.clear()  # as if its reply's confirmation had been lost
+        await core.core.finisher.answered.stop()  # (and the log forgotten: only the output's owner knows)
+        core.core.finisher.answered.db.path.unlink()
         await core.deliver(request, correlation_id="first")  # the same request, delivered again
         first, redelivered = core.publisher.for_id("first")
         nested = core.reply(await core.deliver({"topic": "anzsco", "inputFile": "a.jsonl",
@@ -123,7 +124,7 @@ async def test_an_output_of_another_request_is_never_replaced(make_emulator, tmp
     assert other["error"]["code"] == "output_exists" and "another outputFile" in other["error"]["message"]
     assert (core.settings.outbox_dir / "out.jsonl").read_bytes() == before
     assert nested["output"]["file"] == "x/y/z.jsonl" and (core.settings.outbox_dir / "x/y/z.jsonl").is_file()
-    assert calls == 3  # the refused request cost no call
+    assert calls == 1  # the same three texts: coded once, then answered from the result cache
 
 
 @pytest.fixture
@@ -145,3 +146,32 @@ async def test_a_read_only_outbox_fails_file_requests_before_any_call(make_emula
         reply = core.reply(await core.deliver({"topic": "anzsco", "inputFile": "a.jsonl"}))
     assert reply["status"] == "failed" and reply["error"]["code"] == "output_not_writable"
     assert api.stats.coding_calls == 0
+
+
+async def test_a_batch_job_whose_outbox_turns_read_only_retries_then_fails_clearly(make_emulator, tmp_path,
+                                                                                 monkeypatch):
+    from daemon.backoff import Backoff
+    from daemon.batch import runner
+
+    monkeypatch.setattr(runner, "OUTPUT_PATIENCE", 1.0)
+    monkeypatch.setattr(runner, "OUTPUT_BACKOFF", Backoff(base=0.1, cap=0.2))
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(outbox)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here: needs root")
+    try:
+        api = await make_emulator(processing_seconds=0.5)
+        async with running_core(api.url, tmp_path, tier="partner") as core:
+            jsonl(core.settings.inbox_dir / "a.jsonl", 5)
+            message = await core.deliver({"topic": "anzsco", "inputFile": "a.jsonl"})
+            assert message.settled == ["ack"]  # journaled
+            subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
+            for _ in range(200):
+                if core.publisher.for_id(message.correlation_id):
+                    break
+                await asyncio_sleep(0.05)
+            reply = core.reply(message)
+    finally:
+        subprocess.run(["umount", "-l", str(outbox)], check=False)
+    assert reply["status"] == "failed" and reply["error"]["code"] == "output_not_writable"
+    assert api.stats.operations_created == 1

@@ -3,6 +3,7 @@ URL signatures never written."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -138,11 +139,23 @@ def test_standard_library_records_follow_the_level():
     output = io.StringIO()
     configure_logging("json", "error", stream=output)
     try:
-        logging.getLogger("aiormq.connection").warning("reconnecting")
-        logging.getLogger("aiormq.connection").error("gave up")
+        logging.getLogger("aiohttp.server").warning("slow client")
+        logging.getLogger("aiohttp.server").error("gave up")
     finally:
         structlog.reset_defaults()
     assert [event["event"] for event in lines(output)] == ["gave up"]
+
+
+def test_the_broker_clients_lost_connections_are_bare_warnings(stream):
+    """A cut is logged once by coderd (broker_connection_lost); the client's own errors
+    about it come as warnings without their tracebacks."""
+    try:
+        raise ConnectionResetError("Connection reset by peer")
+    except ConnectionResetError:
+        logging.getLogger("aiormq.connection").exception("Unexpected connection close")
+    [event] = lines(stream)
+    assert event["level"] == "warning" and event["event"] == "Unexpected connection close"
+    assert "exception" not in event and "Traceback" not in json.dumps(event)
 
 
 def test_console_format_is_redacted_too():
@@ -161,3 +174,91 @@ def test_configure_logging_rejects_unknown_format_and_level():
         configure_logging("xml", stream=io.StringIO())
     with pytest.raises(ValueError):
         configure_logging("json", "chatty", stream=io.StringIO())
+
+
+# --- repeats: a flood of one message is logged once per interval, with a count ----------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(stream, monkeypatch):
+    """The forwarding handler's throttle on a clock the test moves (no event loop here,
+    so windows end when their message is next seen)."""
+    fake = FakeClock()
+    monkeypatch.setattr(logs._stdlib_handler, "throttle", logs.RepeatThrottle(logs._report_repeats, 60, clock=fake))
+    return fake
+
+
+def accept_failed(fd: int) -> None:
+    # As asyncio's default exception handler writes it: the details inside the text.
+    logging.getLogger("asyncio").error(f"socket.accept() out of system resource\nsocket: <TransportSocket fd={fd}>")
+
+
+def test_a_repeating_library_message_is_logged_once_per_interval_with_a_count(stream, clock):
+    for fd in range(1000):
+        accept_failed(fd)
+        clock.now += 0.01
+    [first] = lines(stream)
+    assert first["event"] == "socket.accept() out of system resource\nsocket: <TransportSocket fd=0>"
+    clock.now += 50.5  # 60 s since the first: what was held back is counted, and a new window opens
+    accept_failed(7)
+    [_, report] = lines(stream)
+    assert report["event"] == "log_repeats_suppressed" and report["logger"] == "asyncio"
+    assert report["level"] == "error" and report["count"] == 999
+    assert report["message"] == "socket.accept() out of system resource" and report["seconds"] >= 60
+    clock.now += 120  # quiet for a whole interval: the last one is reported, and then the message is new again
+    accept_failed(8)
+    assert [(e["event"], e.get("count")) for e in lines(stream)[2:]] == [
+        ("log_repeats_suppressed", 1), ("socket.accept() out of system resource\nsocket: <TransportSocket fd=8>", None)]
+
+
+def test_repeats_are_told_apart_by_logger_level_and_template(stream, clock):
+    for _ in range(3):
+        logging.getLogger("aiohttp.server").error("Error handling request from %s", "127.0.0.1")
+        logging.getLogger("aiohttp.access").error("Error handling request from %s", "127.0.0.1")
+        logging.getLogger("aiohttp.server").warning("Error handling request from %s", "127.0.0.1")
+        logging.getLogger("aiohttp.server").error("Unhandled exception")
+        # A format string of placeholders only is no template: the formatted text is.
+        logging.getLogger("aiormq.connection").warning("%s", "connection lost")
+        logging.getLogger("aiormq.connection").warning("%s", "reconnecting")
+    assert len(lines(stream)) == 6
+
+
+def test_a_flood_that_stops_is_still_counted_on_the_event_loop(stream, monkeypatch):
+    monkeypatch.setattr(logs._stdlib_handler, "throttle", logs.RepeatThrottle(logs._report_repeats, 0.5))
+
+    async def flood() -> None:
+        loop = asyncio.get_running_loop()
+        for fd in range(1000):  # through asyncio's own exception handler, as the incident did
+            loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                         "exception": OSError(24, "Too many open files"), "fd": fd})
+        await asyncio.sleep(0.6)  # the window ends on a timer: the count is written without a new record
+        assert [e["event"] for e in lines(stream)][1:] == ["log_repeats_suppressed"]
+        await asyncio.sleep(0.6)  # nothing more: the key is forgotten
+        loop.call_exception_handler({"message": "socket.accept() out of system resource"})
+
+    asyncio.run(flood())
+    first, report, again = lines(stream)
+    assert first["event"].startswith("socket.accept() out of system resource")
+    assert "Too many open files" in first["exception"]
+    assert report["count"] == 999 and report["message"] == "socket.accept() out of system resource"
+    assert again["event"].startswith("socket.accept() out of system resource")
+
+
+def test_the_throttle_follows_a_bounded_number_of_messages():
+    reported = []
+    throttle = logs.RepeatThrottle(lambda key, sample, count, seconds: reported.append((key, count)), 60,
+                                   clock=FakeClock(), keys_kept=3)
+    for key in range(10):
+        assert throttle.admit(key)
+        assert not throttle.admit(key)
+    assert len(throttle._windows) == 3
+    assert reported == [(key, 1) for key in range(7)]  # each let go with its count
+    throttle.close()
+    assert reported[7:] == [(7, 1), (8, 1), (9, 1)] and not throttle._windows

@@ -22,9 +22,10 @@ from daemon.broker.intake import Intake
 from daemon.config import Settings
 from daemon.emulator import EmulatorServer
 from daemon.ops.sdnotify import SystemdNotifier
-from daemon.realtime import worker as worker_module
+from daemon.realtime import calls as calls_module
 from daemon.realtime.worker import SyncWorker
 from daemon.service import Daemon
+from daemon.statedir import StateDir
 
 RECORD = {"recordId": "r1", "occp_text": "software developer", "tasks_text": "writing code and unit tests"}
 
@@ -36,7 +37,7 @@ async def daemon_in_process(broker, tmp_path, emulator, **overrides):
         "client_secret": "secret123", "request_queue": broker.request_queue,
         "default_reply_queue": broker.default_reply_queue, "state_dir": tmp_path / "state",
         "inbox_dir": tmp_path / "inbox", "outbox_dir": tmp_path / "outbox", "http_listen": "127.0.0.1:0",
-        "requests_per_second": 20.0, **overrides})
+        "requests_per_second": 20.0, "quota_burst": 1.0, **overrides})
     daemon, stop = Daemon(settings), asyncio.Event()
     running = asyncio.create_task(daemon.run(stop))
     ready = asyncio.create_task(daemon.ready.wait())
@@ -81,6 +82,8 @@ def notify_socket(tmp_path, monkeypatch):
     ("batch-manager", BatchManager, "run"),
     ("quota-pause", Intake, "follow_quota"),
     ("sd-watchdog", SystemdNotifier, "watchdog"),
+    ("state-dir-pause", Intake, "follow_state_dir"),
+    ("state-dir-probe", StateDir, "watch"),
 ])
 async def test_a_killed_task_is_restarted_and_reported_meanwhile(broker, tmp_path, monkeypatch, notify_socket,
                                                                  task, cls, method):
@@ -115,8 +118,9 @@ async def test_at_shutdown_what_outlives_the_grace_period_goes_back_to_the_queue
             await broker.publish({"topic": "anzsco", "record": RECORD}, correlation_id="answered")
             await broker.answered({"answered"}, timeout=30)
             api.faults.stall, api.faults.stall_seconds = 100, 60  # what is in flight now cannot finish in time
-            for i in range(5):
-                await broker.publish({"topic": "anzsco", "record": RECORD}, correlation_id=f"late{i}")
+            for i in range(5):  # texts of their own: the result cache would answer RECORD at once
+                await broker.publish({"topic": "anzsco", "record": {**RECORD, "occp_text": f"late fitter {i}"}},
+                                     correlation_id=f"late{i}")
             while len(daemon.intake.tasks) < 5:
                 await asyncio.sleep(0.02)
         assert await broker.message_count(broker.request_queue) == 5  # handed back, whole
@@ -129,7 +133,7 @@ async def test_at_shutdown_what_outlives_the_grace_period_goes_back_to_the_queue
 async def test_after_an_outage_exhausts_retries_later_requests_of_any_key_complete(broker, tmp_path, monkeypatch):
     """The reproduction: emulator failing every call, a request with numberOfSuggestions 2
     (answered upstream_error after its retries), faults off, then a default request."""
-    monkeypatch.setattr(worker_module, "RETRY_BACKOFF", Backoff(base=0.01, cap=0.05))
+    monkeypatch.setattr(calls_module, "RETRY_BACKOFF", Backoff(base=0.01, cap=0.05))
     async with EmulatorServer(quiet_config()) as api, daemon_in_process(broker, tmp_path, api):
         api.faults.error_rate = 1.0
         await broker.publish({"topic": "anzsco", "numberOfSuggestions": 2, "record": RECORD}, correlation_id="outage")

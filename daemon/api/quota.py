@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..durable import write_atomically
+from ..statedir import StateDir
 
 SECONDS_PER_DAY = 86400  # UTC days are exactly this long in epoch time (no leap seconds)
 RESET_SLACK = 0.05  # sleep just past midnight, so the re-check sees the new day
@@ -21,8 +22,10 @@ def utc_day(epoch: float) -> str:
 
 
 class QuotaLedger:
-    def __init__(self, state_dir: Path, daily_quota: int, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state_dir: Path, daily_quota: int, *, clock: Callable[[], float] = time.time,
+                 state: StateDir | None = None) -> None:
         self.path = Path(state_dir) / "quota.json"
+        self.state = state  # told when the ledger cannot be written
         self.daily_quota = daily_quota
         self.clock = clock
         self._day, self._used = utc_day(clock()), 0
@@ -73,10 +76,17 @@ class QuotaLedger:
             await self._spent.wait()
 
     def count(self, calls: int = 1) -> None:
-        """Calls were made (or are about to be): count them and persist at once."""
+        """Calls are about to be made: count them and persist at once. StateNotWritable
+        (nothing counted) when the ledger cannot be written: then the calls must not be made."""
         self._merge_saved()
         self._used += max(0, calls)
-        self._save()
+        try:
+            self._save()
+        except OSError as exc:
+            self._used -= max(0, calls)
+            if self.state is None:
+                raise
+            raise self.state.failed(exc, "the quota ledger") from None
         if self._used >= self.daily_quota:
             self._spent.set()
 
@@ -85,7 +95,11 @@ class QuotaLedger:
         self._merge_saved()
         self._used = max(self._used, self.daily_quota)
         self._spent.set()
-        self._save()
+        try:
+            self._save()
+        except OSError as exc:  # known in memory: this process stops calling anyway
+            if self.state is not None:
+                self.state.failed(exc, "the quota ledger")
 
     def seconds_until_reset(self) -> float:
         """Seconds until the next 00:00 UTC, when the API's quota starts again."""

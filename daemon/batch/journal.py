@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..durable import fsync_dir, write_atomically
+from ..statedir import StateDir
 
 # A job's phases, in order; after delivering it is removed.
 PHASES = ("spooling", "creating", "uploading", "polling", "downloading", "delivering")
@@ -64,8 +65,9 @@ class Job:
 
 
 class Journal:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, state: StateDir | None = None) -> None:
         self.root = Path(state_dir) / "jobs"
+        self.state = state  # told when the journal cannot be written
 
     def directory(self, job: Job) -> Path:
         return self.root / job.job_id
@@ -77,20 +79,31 @@ class Journal:
         directory = self.directory(job)
         if (directory / "job.json").exists():
             return False
-        directory.mkdir(parents=True, exist_ok=True)
-        if inline_records is not None:
-            write_atomically(directory / "request.jsonl", "".join(
-                json.dumps(record, separators=(",", ":")) + "\n" for record in inline_records), mode=0o600)
-        elif records_file is not None:
-            os.replace(records_file, directory / "request.jsonl")
-        self.save(job)
-        fsync_dir(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if inline_records is not None:
+                write_atomically(directory / "request.jsonl", "".join(
+                    json.dumps(record, separators=(",", ":")) + "\n" for record in inline_records), mode=0o600)
+            elif records_file is not None:
+                os.replace(records_file, directory / "request.jsonl")
+            self.save(job)
+            fsync_dir(directory)
+        except OSError as exc:
+            shutil.rmtree(directory, ignore_errors=True)  # never half a job: its request is handed back
+            raise self._failed(exc) from None
         return True
 
     def save(self, job: Job) -> None:
+        """StateNotWritable when the journal cannot be written (the step it records must wait)."""
         directory = self.directory(job)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_atomically(directory / "job.json", json.dumps(asdict(job)), mode=0o600)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_atomically(directory / "job.json", json.dumps(asdict(job)), mode=0o600)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> Exception:
+        return self.state.failed(exc, "the batch journal") if self.state is not None else exc
 
     def load(self, directory: Path) -> Job | None:
         try:

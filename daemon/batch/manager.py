@@ -1,47 +1,28 @@
-"""The batch manager: runs journaled jobs through the API's asynchronous batch service.
-
-Each step the API would see is journaled first (journal.py), so after a crash at any
-phase the restarted daemon carries on with the same operation. Jobs run in whichever
-process holds `state_dir/batch.lock`; a replica sharing the state_dir takes over when
-that process dies.
-"""
+"""The batch manager: runs journaled jobs through the API's asynchronous batch service
+(each job by runner.py), in whichever process holds `state_dir/batch.lock`; a replica
+sharing the state_dir takes over when that process dies, and resumes the jobs."""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import os
-import random
 import threading
-import time
-from pathlib import Path
 
 import aiohttp
 
-from ..api.catalog import ModelCatalog, refusal_for, segment
-from ..api.client import ApiCaller, ApiError, QuotaExhausted
-from ..api.token import TokenUnavailable
-from ..backoff import Backoff
+from ..api.cache import ResultCache
+from ..api.catalog import ModelCatalog
+from ..api.client import ApiCaller
 from ..config import Settings
 from ..lifecycle import Component
 from ..logs import get_logger
-from ..ops import metrics
 from ..ops.supervisor import Supervisor
-from ..request.claimcheck import ClaimCheckError
 from ..request.finish import Finisher
-from ..request.inbox import open_input, read_local_records, read_records
-from ..request.incoming import ReplyAddress
-from ..request.results import JobFailed
-from . import presigned
-from .journal import Job, Journal, Part
-from .reply import batch_reply
-from .spool import spool
+from ..statedir import StateDir
+from .journal import Job, Journal
+from .runner import JobRunner
 
-MAX_OPERATIONS = 3  # per part: a timed-out or lost operation is replaced this many times
-MAX_URL_REFRESHES = 3
-OUTPUT_PATIENCE = 3600.0  # an outbox that cannot be written is retried this long, then the job fails
-OUTPUT_BACKOFF = Backoff(base=5.0, cap=300.0)
 TASK = "batch-manager"
 
 log = get_logger("coderd.batch")
@@ -49,10 +30,11 @@ log = get_logger("coderd.batch")
 
 class BatchManager(Component):
     def __init__(self, settings: Settings, caller: ApiCaller, catalog: ModelCatalog,
-                 session: aiohttp.ClientSession, finisher: Finisher, supervisor: Supervisor) -> None:
-        self.settings, self.caller, self.catalog = settings, caller, catalog
-        self.session, self.finisher, self.supervisor = session, finisher, supervisor
-        self.journal = Journal(settings.state_dir)
+                 session: aiohttp.ClientSession, finisher: Finisher, supervisor: Supervisor, state: StateDir,
+                 cache: ResultCache | None = None) -> None:
+        self.settings, self.supervisor = settings, supervisor
+        self.journal = Journal(settings.state_dir, state)
+        self.runner = JobRunner(settings, caller, catalog, session, finisher, self.journal, state, cache)
         self.running: dict[str, asyncio.Task] = {}  # strong references to job tasks
         self._lock_fd: int | None = None
         self._wake = asyncio.Event()
@@ -116,200 +98,6 @@ class BatchManager(Component):
     def _spawn(self, job: Job) -> None:
         if job.job_id in self.running:
             return
-        task = asyncio.get_running_loop().create_task(self._run(job), name=f"batch-{job.job_id}")
+        task = asyncio.get_running_loop().create_task(self.runner.run(job), name=f"batch-{job.job_id}")
         self.running[job.job_id] = task
         task.add_done_callback(lambda _t: self.running.pop(job.job_id, None))
-
-    # --- one job ------------------------------------------------------------------
-
-    def _phase(self, job: Job, phase: str, **fields) -> None:
-        job.phase = phase
-        self.journal.save(job)
-        log.info("batch_phase", job_id=job.job_id, phase=phase, correlation_id=job.correlation_id,
-                 records=job.total, **fields)
-
-    def _recover_files(self, job: Job) -> None:
-        """Never leave the journal pointing at missing files: what is gone is redone."""
-        directory = self.journal.directory(job)
-        if job.phase == "spooling" or job.failure is not None:
-            return
-        manifest_lost = not (directory / "manifest.jsonl").exists()
-        spool_lost = any(not p.uploaded and not (directory / p.spool).exists() for p in job.parts)
-        if manifest_lost or spool_lost:
-            log.warning("batch_files_missing", job_id=job.job_id, phase=job.phase, action="spooling again")
-            job.parts, job.phase = [], "spooling"
-            self.journal.save(job)
-            return
-        for part in job.parts:
-            if part.result is not None and not (directory / part.result).exists():
-                part.result = None  # downloaded again from a fresh URL
-        self.journal.save(job)
-
-    async def _run(self, job: Job) -> None:
-        try:
-            self._recover_files(job)
-            if job.failure is None:
-                try:
-                    if job.phase == "spooling":
-                        await self._spool(job)
-                    for index, part in enumerate(job.parts):
-                        await self._code_part(job, index, part)
-                except JobFailed as failure:
-                    job.failure = {"code": failure.code, "message": failure.message}
-                if job.phase != "delivering":
-                    self._phase(job, "delivering")
-            await self._deliver(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - left journaled: retried on the next scan
-            log.exception("batch_job_error", job_id=job.job_id)
-            metrics.task_crashes.labels("batch-job").inc()
-
-    async def _spool(self, job: Job) -> None:
-        directory = self.journal.directory(job)
-        if job.kind == "file":
-            inbox, name = self.settings.inbox_dir, job.input_file
-
-            def write_spool():  # opened, checked and read in the worker thread, through one descriptor
-                with open_input(inbox, name) as opened:
-                    return spool(read_records(opened), directory)
-        elif (directory / "request.jsonl").exists():  # inline records, one a line
-            write_spool = lambda: spool(read_local_records(directory / "request.jsonl"), directory)  # noqa: E731
-        else:  # journaled by an earlier version, as one JSON list
-            raw = json.loads((directory / "request.json").read_text())
-            write_spool = lambda: spool(((r, None) for r in raw), directory)  # noqa: E731
-        try:
-            summary = await asyncio.to_thread(write_spool)
-        except ClaimCheckError as exc:
-            raise JobFailed(exc.code, str(exc)) from None
-        job.total, job.invalid = summary.total, summary.invalid
-        job.parts = [Part(p.path.name, p.records, p.size) for p in summary.parts]
-        self._phase(job, "creating" if job.parts else "delivering", parts=len(job.parts), invalid=job.invalid)
-
-    async def _api(self, method: str, path: str):
-        """A /v1 call for a job: waits out the quota, tokens and transient errors."""
-        attempt = 0
-        while True:
-            try:
-                return await self.caller.call(method, path)
-            except QuotaExhausted:
-                await self.caller.ledger.wait_for_reset()
-            except TokenUnavailable as exc:
-                await asyncio.sleep(exc.retry_after)
-            except ApiError as error:
-                metrics.api_errors.labels(str(error.status or "none")).inc()
-                if error.quota_exhausted:
-                    continue  # the ledger knows: the next call waits for 00:00 UTC
-                refusal = refusal_for(error)
-                if refusal is not None:
-                    raise JobFailed(refusal.code, refusal.message) from None
-                if not error.transient and error.status not in (401, 404):
-                    raise JobFailed("upstream_error", f"coding API answered {error}") from None
-                if error.status in (401, 404):
-                    raise
-                attempt += 1
-                await asyncio.sleep(Backoff(base=2.0, cap=min(self.settings.batch_poll_seconds, 256.0)).delay(attempt))
-
-    def _topic_path(self, job: Job) -> str:
-        return f"/topics/{segment(job.topic)}"
-
-    async def _create(self, job: Job, part: Part) -> None:
-        if part.operations >= MAX_OPERATIONS:
-            raise JobFailed("batch_failed", f"the batch service lost or timed out {MAX_OPERATIONS} operations")
-        if job.resolved_model is None:
-            job.resolved_model = job.model or self.catalog.latest(job.topic) or await self._resolve(job)
-        part.operations += 1
-        self.journal.save(job)  # the attempt counts even if we crash right after the call
-        created = await self._api("POST", f"{self._topic_path(job)}/models/{segment(job.resolved_model)}/batch-code")
-        part.operation_id, part.kms_key, part.upload_url = (
-            created["operationId"], created["bucketKmsKeyArn"], created["requestUploadUrl"])
-        part.uploaded, part.result = False, None
-        self._phase(job, "uploading", operation_id=part.operation_id)
-
-    async def _resolve(self, job: Job) -> str:
-        try:
-            return await self.catalog.resolve(job.topic)
-        except ApiError as error:
-            refusal = refusal_for(error)
-            if refusal is not None:
-                raise JobFailed(refusal.code, refusal.message) from None
-            raise
-
-    async def _status(self, job: Job, part: Part) -> dict:
-        return await self._api("GET", f"{self._topic_path(job)}/batch-code/operations/{part.operation_id}")
-
-    async def _code_part(self, job: Job, index: int, part: Part) -> None:
-        directory = self.journal.directory(job)
-        while part.result is None:
-            if part.operation_id is None:
-                await self._create(job, part)
-            try:
-                status = await self._status(job, part)
-            except ApiError:  # 401/404: the operation is gone
-                part.operation_id = None
-                continue
-            state = status.get("operationStatus")
-            if state == "awaiting_input" and not part.uploaded:
-                await self._upload(job, part, directory)
-            elif state == "timed_out" or (state == "awaiting_input" and part.uploaded):
-                log.warning("batch_operation_replaced", job_id=job.job_id, operation_id=part.operation_id, status=state)
-                part.operation_id = None
-            elif state == "failed":
-                raise JobFailed("batch_failed", status.get("error") or "the batch operation failed")
-            elif state == "complete":
-                await self._download(job, index, part, status, directory)
-            else:  # in_progress
-                if not part.uploaded:
-                    part.uploaded = True
-                    self._phase(job, "polling", operation_id=part.operation_id)
-                await asyncio.sleep(self.settings.batch_poll_seconds * random.uniform(0.9, 1.1))
-
-    async def _upload(self, job: Job, part: Part, directory: Path) -> None:
-        try:
-            await presigned.upload(self.session, part.upload_url, part.kms_key, directory / part.spool)
-        except presigned.TransferError as exc:
-            log.warning("batch_upload_failed", job_id=job.job_id, operation_id=part.operation_id, error=str(exc))
-            await asyncio.sleep(min(self.settings.batch_poll_seconds, 30))
-            return  # the status decides: upload again, or a new operation
-        part.uploaded = True
-        self._phase(job, "polling", operation_id=part.operation_id, bytes=part.size)
-
-    async def _download(self, job: Job, index: int, part: Part, status: dict, directory: Path) -> None:
-        if job.phase != "downloading":
-            self._phase(job, "downloading", operation_id=part.operation_id)
-        name = f"result-{index:03d}.jsonl"
-        for _ in range(MAX_URL_REFRESHES):
-            try:
-                await presigned.download(self.session, status["responseDownloadUrl"], directory / name)
-                part.result = name
-                self.journal.save(job)
-                return
-            except presigned.TransferError as exc:
-                log.warning("batch_download_failed", job_id=job.job_id, operation_id=part.operation_id, error=str(exc))
-                if not exc.expired:
-                    await asyncio.sleep(min(self.settings.batch_poll_seconds, 30))
-                status = await self._status(job, part)  # a fresh URL
-                if status.get("operationStatus") != "complete":
-                    return
-        raise JobFailed("batch_failed", "the batch output could not be downloaded")
-
-    async def _deliver(self, job: Job) -> None:
-        directory, outbox = self.journal.directory(job), self.finisher.outbox
-        started, attempt = time.monotonic(), 0
-        while True:
-            try:
-                reply = await asyncio.to_thread(batch_reply, job, directory, outbox)
-                break
-            except ClaimCheckError as exc:  # the output file cannot be written
-                waited = time.monotonic() - started
-                if exc.code != "output_not_writable" or waited > OUTPUT_PATIENCE:
-                    job.failure = {"code": exc.code, "message": str(exc)}
-                    self.journal.save(job)  # the results stay with the API until its output expires
-                    continue
-                log.warning("batch_output_not_writable", job_id=job.job_id, error=str(exc),
-                            retrying_for_seconds=round(OUTPUT_PATIENCE - waited))
-                attempt += 1
-                await asyncio.sleep(OUTPUT_BACKOFF.delay(attempt))
-        await self.finisher.finish(ReplyAddress(job.correlation_id, job.reply_to), reply,
-                                   elapsed=time.time() - job.created_at, owner=job.owner, job_id=job.job_id)
-        self.journal.remove(job)

@@ -17,7 +17,7 @@ import re
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 NO_RESULT = "the batch service returned no result for this record"
 _BUFFER = 1 << 20
@@ -31,6 +31,7 @@ class MappingCounts:
     successful: int = 0
     unsuccessful: int = 0
     invalid: int = 0
+    cached: int = 0  # answered from the result cache (not uploaded)
 
 
 def invalid_entry_result(manifest_entry: dict, error: str) -> dict:
@@ -62,6 +63,16 @@ def batch_result(manifest_entry: dict, api_line: dict | None) -> dict:
         error = "the batch service reported success without a code"
     base.update(codeStatus="unsuccessful", result=[], suggestions=suggestions, error=error)
     return base
+
+
+def cached_result(manifest_entry: dict, item: dict) -> dict:
+    """One RecordResult from a manifest entry and the result cache's answer (what the
+    real-time API said for the same text and model)."""
+    codes = item.get("result") or []
+    successful = item.get("codeStatus") == "successful"
+    return {"recordId": manifest_entry.get("id"), "codeStatus": "successful" if successful else "unsuccessful",
+            "input": manifest_entry.get("in") or dict(_EMPTY_INPUT), "result": codes if successful else [],
+            "suggestions": [] if successful else codes, "error": None}
 
 
 def _is_position(api_line: Any, position: int) -> bool:
@@ -191,20 +202,29 @@ class _ApiOutput:
         self.fds.clear()
 
 
-def map_results(manifest: Path, outputs: list[Path], emit: Callable[[dict], None]) -> MappingCounts:
+def map_results(manifest: Path, outputs: list[Path], emit: Callable[[dict], None],
+                cached: Iterable[tuple[int, dict]] = ()) -> MappingCounts:
     """Call `emit` with one RecordResult per manifest line (= input position), in order.
 
-    `outputs` are the API's output files for the spool parts, in part order. A position
-    the service gave no result for comes back `invalid` (NO_RESULT); nothing shifts.
+    `outputs` are the API's output files for the spool parts, in part order; `cached` the
+    (position, answer) pairs of the records the result cache answered, in position order.
+    A position the service gave no result for comes back `invalid` (NO_RESULT); nothing
+    shifts.
     """
     counts = MappingCounts()
     source = _ApiOutput(outputs, Path(manifest))
+    known = iter(cached)
+    next_known = next(known, None)
     try:
         with open(manifest, "rb", buffering=_BUFFER) as entries:
             for position, line in enumerate(entries):
                 entry = _raw_decode(line.decode("ascii"))[0]  # our own compact lines
                 if "err" in entry:
                     result = invalid_entry_result(entry, entry["err"])
+                elif next_known is not None and next_known[0] == position:
+                    result = cached_result(entry, next_known[1])
+                    next_known = next(known, None)
+                    counts.cached += 1
                 else:
                     result = batch_result(entry, source.get(position))
                 status = result["codeStatus"]

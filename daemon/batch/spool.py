@@ -86,6 +86,7 @@ def _remove_previous(job_dir: Path) -> None:
     for stale in job_dir.glob("spool-*.jsonl"):
         stale.unlink()
     (job_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    (job_dir / "cached.jsonl").unlink(missing_ok=True)  # cached.py: taken from an earlier spool
 
 
 def spool(records: Iterable[tuple[Any, str | None]], job_dir: Path, *,

@@ -12,7 +12,7 @@ from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
 from ..config import Settings
-from ..constants import DELIVERY_LIMIT, PREFETCH
+from ..constants import BULK, DELIVERY_LIMIT, INTERACTIVE, INTERACTIVE_PREFETCH, PREFETCH
 from ..lifecycle import Component
 from ..logs import get_logger
 
@@ -23,32 +23,56 @@ class NotConnected(Exception):
     """The broker link is not (or no longer) connected."""
 
 
-class FailoverConnection(RobustConnection):
-    """A robust connection over several broker nodes: each (re)connection tries them in
-    turn, starting after the node used last, and fails only when none answers."""
+class Nodes:
+    """The broker's nodes (the URLs of `amqp_url`), tried in turn.
 
-    def __init__(self, urls: list[str], **kwargs) -> None:
-        self._urls = [URL(u) for u in urls]
-        self._current = 0
-        super().__init__(self._urls[0], **kwargs)
+    The first connection tries each node until one answers. After that, aio-pika's robust
+    connection reconnects by itself to its `url`; whenever the connection is lost, that
+    `url` moves on to the next node, and on again while no node answers. (`url` is the
+    connection's public address: aio-pika's own update_secret() rewrites it the same way.)
+    """
 
-    # RobustConnection opens every transport through this (name-mangled) hook.
-    async def _RobustConnection__connect_transport(self) -> None:
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = [URL(u) for u in urls]
+        self.index = 0
+        self._rotating: asyncio.Task | None = None
+
+    async def connect(self, *, timeout: float, **kwargs) -> RobustConnection:
         last_error: BaseException | None = None
-        for step in range(len(self._urls)):
-            index = (self._current + step) % len(self._urls)
-            self.url = self._urls[index]
+        for step in range(len(self.urls)):
+            index = (self.index + step) % len(self.urls)
+            connection = RobustConnection(self.urls[index], **kwargs)
             try:
-                await super()._RobustConnection__connect_transport()
-            except CONNECTION_EXCEPTIONS as exc:
+                await connection.connect(timeout=timeout)
+            except (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError) as exc:
                 last_error = exc
-                log.warning("broker_node_unreachable", node=f"{self.url.host}:{self.url.port}",
-                            error=type(exc).__name__)
+                log.warning("broker_node_unreachable", node=self._node(index), error=type(exc).__name__)
+                await connection.close()
                 continue
-            # Next time start from the node after this one: it may be the one that failed.
-            self._current = index + 1
-            return
+            self.index = index
+            if len(self.urls) > 1:
+                connection.close_callbacks.add(self._on_close)
+            return connection
         raise last_error
+
+    def _node(self, index: int) -> str:
+        return f"{self.urls[index].host}:{self.urls[index].port}"
+
+    def _on_close(self, connection: RobustConnection, exc: BaseException | None = None) -> None:
+        if exc is None or connection.is_closed or (self._rotating and not self._rotating.done()):
+            return  # closed on purpose, or already moving on
+        self._rotating = asyncio.get_running_loop().create_task(self._rotate(connection))
+
+    async def _rotate(self, connection: RobustConnection) -> None:
+        # The node just lost may be the one that is down: the next attempt goes elsewhere.
+        while not connection.is_closed and not connection.connected.is_set():
+            self.index = (self.index + 1) % len(self.urls)
+            connection.url = self.urls[self.index]
+            log.info("broker_next_node", node=self._node(self.index))
+            try:
+                await asyncio.wait_for(connection.connected.wait(), connection.reconnect_interval + 1)
+            except asyncio.TimeoutError:
+                continue
 
 
 def dead_letter_queue(request_queue: str) -> str:
@@ -70,11 +94,14 @@ def request_queue_arguments(request_queue: str) -> dict:
 class BrokerLink(Component):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.connection: FailoverConnection | None = None
+        self.nodes = Nodes(settings.amqp_urls)
+        self.connection: RobustConnection | None = None
         self._consume: AbstractRobustChannel | None = None
+        self._interactive: AbstractRobustChannel | None = None  # its own prefetch: bulk floods never delay it
         self._reply: AbstractRobustChannel | None = None
         self._probe: AbstractRobustChannel | None = None
         self.request_queue: AbstractRobustQueue | None = None
+        self.queues: dict[str, AbstractRobustQueue] = {}  # by lane
         self.reconnects = 0  # broker reconnections since start
 
     @property
@@ -96,25 +123,45 @@ class BrokerLink(Component):
         return self._reply
 
     async def start(self) -> None:
-        self.connection = FailoverConnection(self.settings.amqp_urls, client_properties={
-            "connection_name": "coderd"})
-        await self.connection.connect(timeout=30)
+        self.connection = await self.nodes.connect(timeout=30, client_properties={"connection_name": "coderd"})
         self.connection.reconnect_callbacks.add(self._on_reconnect)
         self._consume = await self.connection.channel()
         await self._consume.set_qos(prefetch_count=PREFETCH)
+        self._interactive = await self.connection.channel()
+        await self._interactive.set_qos(prefetch_count=INTERACTIVE_PREFETCH)
         self._reply = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-        name = self.settings.request_queue
-        await self._consume.declare_queue(dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"})
-        await self._consume.declare_queue(
-            self.settings.default_reply_queue, durable=True, arguments={"x-queue-type": "quorum"})
-        self.request_queue = await self._consume.declare_queue(
-            name, durable=True, arguments=request_queue_arguments(name))
+        self.connection.close_callbacks.add(self._on_close)
+        await self._declare_default_reply_queue(self._consume)
+        for lane, name, channel in ((BULK, self.settings.request_queue, self._consume),
+                                    (INTERACTIVE, self.settings.interactive_queue, self._interactive)):
+            await channel.declare_queue(dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"})
+            self.queues[lane] = await channel.declare_queue(name, durable=True, arguments=request_queue_arguments(name))
+        self.request_queue = self.queues[BULK]
 
     async def stop(self) -> None:
         connection, self.connection = self.connection, None
-        self._consume = self._reply = self._probe = self.request_queue = None
+        self._consume = self._interactive = self._reply = self._probe = self.request_queue = None
+        self.queues = {}
         if connection is not None:
             await connection.close()
+
+    async def declare_default_reply_queue(self) -> None:
+        """Declare the default reply queue again (someone deleted it)."""
+        channel = await self.connection.channel()
+        try:
+            await self._declare_default_reply_queue(channel)
+        finally:
+            await channel.close()
+
+    async def _declare_default_reply_queue(self, channel) -> None:
+        await channel.declare_queue(self.settings.default_reply_queue, durable=True,
+                                    arguments={"x-queue-type": "quorum"})
+
+    def _on_close(self, _connection, exc: BaseException | None = None) -> None:
+        # One line for a cut, whatever it does to the requests in flight (each of those is
+        # delivered again by the broker; their own failures are logged at debug level).
+        if exc is not None and self.connection is not None:
+            log.warning("broker_connection_lost", error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _on_reconnect(self, *_args) -> None:
         self.reconnects += 1

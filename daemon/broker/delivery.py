@@ -27,19 +27,35 @@ def correlation_id_of(message: AbstractIncomingMessage) -> str:
 
 
 def incoming_from(message: AbstractIncomingMessage, lane: str) -> Incoming:
+    producer = message.app_id or message.user_id or (message.headers or {}).get("x-coderd-user-id") or None
     return Incoming(body=message.body, address=ReplyAddress(correlation_id_of(message), message.reply_to),
-                    lane=lane, producer=message.app_id or message.user_id or None,
+                    lane=lane, producer=producer if isinstance(producer, str) else None,
                     content_encoding=message.content_encoding or None)
+
+
+def delivery_lost(message: AbstractIncomingMessage) -> bool:
+    """The channel that delivered `message` is closed (the connection was cut): it can no
+    longer be settled, and the broker delivers it again by itself."""
+    try:
+        message.channel  # aio-pika raises when that channel is closed
+    except AttributeError:  # not an aio-pika message (tests)
+        return False
+    except Exception:  # noqa: BLE001 - ChannelInvalidStateError and kin
+        return True
+    return False
 
 
 async def process(message: AbstractIncomingMessage, *, lane: str, queue: str, dispatch: Dispatch,
                   requeuer: Requeuer) -> AckPolicy:
-    """Dispatch one delivery and settle it; cancelled (shutdown), it is handed back."""
+    """Dispatch one delivery and settle it. Cancelled at shutdown, it is handed back;
+    cancelled because its connection was cut, it is left to the broker (which delivers it
+    again), so nothing is coded for a delivery that can no longer be answered."""
     incoming = incoming_from(message, lane)
     try:
         policy = await dispatch(incoming)
     except asyncio.CancelledError:
-        await asyncio.shield(settle(message, AckPolicy.HAND_BACK, queue, requeuer, incoming.address))
+        if not delivery_lost(message):
+            await asyncio.shield(settle(message, AckPolicy.HAND_BACK, queue, requeuer, incoming.address))
         raise
     except Exception:  # noqa: BLE001 - the dispatcher never raises; if it does, the broker counts it
         log.exception("request_error", correlation_id=incoming.address.correlation_id)
@@ -65,5 +81,6 @@ async def settle(message: AbstractIncomingMessage, policy: AckPolicy, queue: str
         else:
             await message.ack()
     except Exception as exc:  # noqa: BLE001 - channel closed: the broker redelivers
-        log.warning("settle_failed", correlation_id=address.correlation_id, policy=policy.value,
-                    error=f"{type(exc).__name__}: {exc}")
+        # A cut connection is logged once, by the broker link; this is one of its many echoes.
+        log.debug("settle_failed", correlation_id=address.correlation_id, policy=policy.value,
+                  error=f"{type(exc).__name__}: {exc}")

@@ -1,19 +1,28 @@
-"""The consumer of the request queue: each delivery becomes a task that the dispatcher
-handles and `delivery.process` settles. Consuming pauses while the day's quota is used
-up, and at shutdown stops first: what is in flight gets a grace period, the rest is
-handed back to the queue."""
+"""The consumers of the two request queues — the bulk lane (`request_queue`) and the
+interactive lane (`interactive_queue`, on a channel of its own) —: each delivery becomes a
+task that the dispatcher handles and `delivery.process` settles. Consuming pauses while
+the day's quota is used up or state_dir cannot be written, and at shutdown stops first:
+what is in flight gets a grace period, the rest is handed back to the queue.
+
+Both queues are single-active-consumer, and this replica always subscribes to both, bulk
+first, and cancels both together: the replica the broker makes active on one is then the
+one active on the other, so only one replica calls the API.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from ..api.limiter import CallLimiter
 from ..api.quota import QuotaLedger
 from ..config import Settings
+from ..constants import BULK, INTERACTIVE
 from ..lifecycle import Component
 from ..logs import get_logger
+from ..statedir import StateDir
 from .connection import BrokerLink
 from .delivery import Dispatch, Requeuer, process
 
@@ -27,15 +36,26 @@ class Intake(Component):
                  limiter: CallLimiter) -> None:
         self.settings, self.link, self.dispatch, self.requeuer = settings, link, dispatch, requeuer
         self.limiter = limiter
+        self.queue_names = {BULK: settings.request_queue, INTERACTIVE: settings.interactive_queue}
         self.tasks: set[asyncio.Task] = set()  # strong references to message handlers
-        self.paused_for: str | None = None  # why consuming is paused (quota), or None
-        self._tag: str | None = None
+        self._pauses: dict[str, str] = {}  # why consuming is paused: {cause: reason}
+        self._tags: dict[str, str] = {}  # consumer tags, by lane
         self._delivered_since_subscribe = False
         self._stopping = False
 
     @property
     def consuming(self) -> bool:
-        return self._tag is not None
+        return bool(self._tags)
+
+    @property
+    def pauses(self) -> dict[str, str]:
+        """Why consuming is paused: {cause: reason} (quota, state_dir)."""
+        return dict(self._pauses)
+
+    @property
+    def paused_for(self) -> str | None:
+        """Why consuming is paused (the causes joined), or None."""
+        return "; ".join(self._pauses.values()) or None
 
     @property
     def state(self) -> str:
@@ -49,6 +69,7 @@ class Intake(Component):
 
     async def start(self) -> None:
         self.link.connection.reconnect_callbacks.add(self._on_reconnect)
+        self.link.connection.close_callbacks.add(self._on_connection_lost)
         if self.paused_for is None:
             await self._subscribe()
 
@@ -65,13 +86,14 @@ class Intake(Component):
                 await asyncio.wait(late, timeout=10)
                 log.warning("handed_back_at_shutdown", requests=len(late))
 
-    async def pause(self, reason: str) -> None:
-        self.paused_for = reason
+    async def pause(self, cause: str, reason: str) -> None:
+        """Stop consuming for `cause` (quota, state_dir, ...) until resume(cause)."""
+        self._pauses[cause] = reason
         await self._unsubscribe()
 
-    async def resume(self) -> None:
-        self.paused_for = None
-        if not self._stopping:
+    async def resume(self, cause: str) -> None:
+        self._pauses.pop(cause, None)
+        if not self._pauses and not self._stopping:
             await self._subscribe()
 
     async def follow_quota(self, ledger: QuotaLedger) -> None:
@@ -79,37 +101,58 @@ class Intake(Component):
         unacked past the broker's consumer timeout); consuming resumes at 00:00 UTC."""
         while True:
             await ledger.wait_exhausted()
-            await self.pause("daily quota used up: consuming resumes at 00:00 UTC")
+            await self.pause("quota", "daily quota used up: consuming resumes at 00:00 UTC")
             log.warning("quota_exhausted", used=ledger.used, resumes_in_seconds=round(ledger.seconds_until_reset()))
             await ledger.wait_for_reset()
             log.info("quota_reset")
-            await self.resume()
+            await self.resume("quota")
+
+    async def follow_state_dir(self, state: StateDir) -> None:
+        """Supervised: while state_dir cannot be written, take no requests (nothing could be
+        counted or journaled); consuming resumes when it can."""
+        while True:
+            await state.wait_unwritable()
+            await self.pause("state_dir", f"{state.problem}: consuming resumes when it can be written")
+            await state.wait_writable()
+            await self.resume("state_dir")
 
     async def _subscribe(self) -> None:
-        if self._tag is None:
-            self._delivered_since_subscribe = False
-            self._tag = await self.link.request_queue.consume(self._on_message)
-            log.info("consuming", queue=self.settings.request_queue)
+        if self._tags:
+            return
+        self._delivered_since_subscribe = False
+        for lane in (BULK, INTERACTIVE):  # always in this order (see the module's docstring)
+            self._tags[lane] = await self.link.queues[lane].consume(partial(self._on_message, lane))
+        log.info("consuming", queue=self.queue_names[BULK], interactive_queue=self.queue_names[INTERACTIVE])
 
     async def _unsubscribe(self) -> None:
-        tag, self._tag = self._tag, None
-        if tag is not None and self.link.request_queue is not None:
+        tags, self._tags = self._tags, {}
+        for lane, tag in tags.items():
+            queue = self.link.queues.get(lane)
+            if queue is None:
+                continue
             try:
-                await self.link.request_queue.cancel(tag)
+                await queue.cancel(tag)
             except Exception as exc:  # noqa: BLE001 - a closed channel has no consumer to cancel anyway
-                log.warning("cancel_consumer_failed", error=str(exc))
-            log.info("stopped_consuming", queue=self.settings.request_queue)
+                log.warning("cancel_consumer_failed", queue=self.queue_names[lane], error=str(exc))
+        if tags:
+            log.info("stopped_consuming", queue=self.queue_names[BULK], interactive_queue=self.queue_names[INTERACTIVE])
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, lane: str, message: AbstractIncomingMessage) -> None:
         if not self._delivered_since_subscribe:
             # Newly active: a predecessor may have called the API just before it went away.
             self._delivered_since_subscribe = True
             self.limiter.guard()
         task = asyncio.get_running_loop().create_task(process(
-            message, lane="bulk", queue=self.settings.request_queue, dispatch=self.dispatch,
-            requeuer=self.requeuer))
+            message, lane=lane, queue=self.queue_names[lane], dispatch=self.dispatch, requeuer=self.requeuer))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _on_connection_lost(self, _connection, exc: BaseException | None = None) -> None:
+        # Every unacked delivery is void: the broker delivers it again, perhaps to another
+        # replica. Stop working on them now (their records leave the backlog uncoded).
+        if exc is not None and not self._stopping:
+            for task in list(self.tasks):
+                task.cancel()
 
     def _on_reconnect(self, *_args) -> None:
         # Consumers are restored on a new channel: another replica may have been

@@ -65,6 +65,8 @@ async def _gateway(emulator: Emulator, request: web.Request, handler):
 async def token(request: web.Request) -> web.Response:
     emulator = request.app[EMULATOR]
     emulator.stats.token_requests += 1
+    if emulator.faults.token_outage:
+        raise web.HTTPServiceUnavailable()
     client_id = emulator.accounts.client_from_basic(request.headers.get("Authorization"))
     if client_id is None:
         return web.json_response({"error": "invalid_client"}, status=400)

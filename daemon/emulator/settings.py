@@ -49,6 +49,7 @@ class Faults:
     expired_urls: int = 0  # the next N download URLs are issued already expired
     transfer_delay: float = 0.0  # seconds before a presigned upload or download is served
     reject_text: str | None = None  # a coding call with a record containing this is refused whole (400)
+    token_outage: bool = False  # the token endpoint answers 503, as if it were down
 
     def update(self, changes: dict) -> None:
         known = {f.name: f.type for f in fields(self)}

@@ -31,8 +31,11 @@ def render(address: str, state: dict) -> str:
         + ("  (standby replica, or nothing delivered yet)" if state["consumer"] == "waiting" else ""),
         f"  token         {age}, {token['requests']} token request(s) by this process",
         f"  quota today   {quota['used']} used, {quota['remaining']} left of {quota['daily_quota']}",
+        *_pacing(quota),
+        *_cache(state.get("cache")),
         f"  last minute   {minute['calls']} coding calls, {minute['records']} records",
         f"  queue depth   {depth}",
+        *_lanes(state.get("lanes") or {}),
         f"  batch jobs    {jobs}",
     ]
     down = {name: task for name, task in state.get("tasks", {}).items() if task["state"] != "running"}
@@ -40,6 +43,34 @@ def render(address: str, state: dict) -> str:
                                       or "all running"))
     lines += [f"  why not ready: {reason}" for reason in state["reasons"]]
     return "\n".join(lines)
+
+
+def _lanes(lanes: dict) -> list[str]:
+    def seconds(value):
+        return "-" if value is None else f"{value:g} s"
+
+    return [f"  {lane + ' lane':<14}{figures['queue_depth'] if figures['queue_depth'] >= 0 else 'unknown'} queued, "
+            f"{figures['waiting_records']} records waiting; reply p50 {seconds(figures['p50_seconds'])}, "
+            f"p99 {seconds(figures['p99_seconds'])}" for lane, figures in lanes.items()]
+
+
+def _pacing(quota: dict) -> list[str]:
+    if "pace_calls_per_hour" not in quota:  # an older daemon
+        return []
+    wait = quota["pacing_wait_seconds"]
+    return [f"  pacing        even pace {quota['pace_calls_per_hour']:g} calls/h "
+            f"(the even line is at {quota['even_pace_remaining']:g} left), "
+            f"{quota['tokens']:g} of {quota['burst']:g} burst calls in hand; "
+            + (f"the next partial call waits {wait:g} s" if wait else "no call waits for the budget")
+            + f", {quota['waiting_records']} records waiting"]
+
+
+def _cache(cache: dict | None) -> list[str]:
+    if not cache:
+        return ["  result cache  off"]
+    rate = "no look-ups yet" if cache["hit_rate"] is None else f"{cache['hit_rate']:.0%} hits"
+    return [f"  result cache  {cache['entries']} entries (at most {cache['max_entries']}), {rate} "
+            f"({cache['hits']} hits, {cache['misses']} misses)"]
 
 
 def status_main(args: argparse.Namespace) -> int:

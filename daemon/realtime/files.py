@@ -21,7 +21,7 @@ from ..request.inbox import open_input, read_records
 from ..request.messages import CodeRequest
 from ..request.results import HandBack, Refusal, encode, failed_reply
 from .backlog import CallKey
-from .job import SyncJob, pending_records
+from .job import Origin, SyncJob, pending_records
 from .worker import SyncWorker
 
 CHUNK = 3000  # records held in memory at a time: ten full calls
@@ -37,33 +37,37 @@ class _Unfinished(Exception):
 
 
 async def code_input_file(worker: SyncWorker, request: CodeRequest, inbox_dir: Path, target: Path,
-                          suggestions: int, *, batch_available: bool) -> tuple[ResultsFile | dict | HandBack, str]:
+                          suggestions: int, *, batch_available: bool,
+                          origin: Origin = Origin()) -> tuple[ResultsFile | dict | HandBack, str]:
     """Code `request.inputFile` from `inbox_dir` into `target`: (the results, or a failed
     reply or a hand-back; the model). ClaimCheckError when the input cannot be opened
     (path_not_allowed, input_not_found) or its CSV header is refused."""
     with await asyncio.to_thread(open_input, inbox_dir, request.inputFile) as opened:
         records = await asyncio.to_thread(read_records, opened)  # a CSV's header is read here
-        return await code_records(worker, request, records, target, suggestions, batch_available=batch_available)
+        return await code_records(worker, request, records, target, suggestions, batch_available=batch_available,
+                                  origin=origin)
 
 
 async def code_records(worker: SyncWorker, request: CodeRequest, records: Records, target: Path,
-                       suggestions: int, *, batch_available: bool) -> tuple[ResultsFile | dict | HandBack, str]:
+                       suggestions: int, *, batch_available: bool,
+                       origin: Origin = Origin()) -> tuple[ResultsFile | dict | HandBack, str]:
     """Code `records` ((raw, error) pairs) into `target`, one RecordResult a line, written
     whole or not at all: (the ResultsFile, or a failed reply or a hand-back; the model)."""
     try:
-        return await _code(worker, request, records, target, suggestions, batch_available=batch_available)
+        return await _code(worker, request, records, target, suggestions, batch_available=batch_available,
+                           origin=origin)
     except _Unfinished as unfinished:  # raised inside the output's `with`: nothing was written
         return unfinished.outcome, request.model
 
 
 async def _code(worker: SyncWorker, request: CodeRequest, records: Records, target: Path,
-                suggestions: int, *, batch_available: bool) -> tuple[ResultsFile, str]:
+                suggestions: int, *, batch_available: bool, origin: Origin) -> tuple[ResultsFile, str]:
     results, model = ResultsFile(target), request.model
     with AtomicFile(target) as output:
         while chunk := await asyncio.to_thread(lambda: list(islice(records, CHUNK))):
             raw = [record for record, _ in chunk]
             errors = {index: error for index, (_, error) in enumerate(chunk) if error}
-            job = SyncJob(raw, request.model)
+            job = SyncJob(raw, request.model, origin)
             cleaned, problems = clean_records(raw, errors)
             pending = pending_records(job, cleaned, problems, batch_available=batch_available)
             if pending:
@@ -78,6 +82,7 @@ async def _code(worker: SyncWorker, request: CodeRequest, records: Records, targ
             if isinstance(outcome, HandBack):
                 raise _Unfinished(outcome)
             model = job.model or model
+            results.cached += job.cached
             lines = await asyncio.to_thread(lambda: [encode(result) for result in outcome])
             for result, line in zip(outcome, lines):
                 results.records += 1

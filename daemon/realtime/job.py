@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..request.cleaning import CleanRecord, sync_problem
 from ..request.results import HandBack, Refusal, invalid_result, sync_result
-from .backlog import PendingRecord
+from .backlog import BULK, PendingRecord
 
 # What a SyncJob comes to: every record's RecordResult, a refusal of the whole request,
 # or the request handed back to its queue untouched.
 Outcome = list[dict] | Refusal | HandBack
 
 
+class Origin(NamedTuple):
+    """Where a request came from: its lane, and its producer when the message names one."""
+
+    lane: str = BULK
+    producer: str | None = None
+
+
 class SyncJob:
-    def __init__(self, raw_records: list[Any], model: str | None) -> None:
-        self.raw = raw_records
+    def __init__(self, raw_records: list[Any], model: str | None, origin: Origin = Origin()) -> None:
+        self.raw, self.origin = raw_records, origin
         self.model = model  # the requested model; set to the resolved latest when coded
         self.results: list[dict | None] = [None] * len(raw_records)
         self.missing = len(raw_records)
+        self.cached = 0  # records answered from the result cache
         self.outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
     @property
@@ -29,16 +37,18 @@ class SyncJob:
     def set_invalid(self, index: int, error: str) -> None:
         self._set(index, invalid_result(self.raw[index], error))
 
-    def set_coded(self, index: int, item: dict) -> None:
-        self._set(index, sync_result(self.raw[index], item))
+    def set_coded(self, index: int, item: dict, *, cached: bool = False) -> None:
+        if self._set(index, sync_result(self.raw[index], item)) and cached:
+            self.cached += 1
 
-    def _set(self, index: int, result: dict) -> None:
+    def _set(self, index: int, result: dict) -> bool:
         if self.done or self.results[index] is not None:
-            return
+            return False
         self.results[index] = result
         self.missing -= 1
         if self.missing == 0:
             self.outcome.set_result(self.results)
+        return True
 
     def fail(self, code: str, message: str) -> None:
         if not self.done:
@@ -63,5 +73,5 @@ def pending_records(job: SyncJob, cleaned: list[CleanRecord | None], problems: d
         if problem:
             job.set_invalid(index, problem)
         else:
-            pending.append(PendingRecord(job, index, record))
+            pending.append(PendingRecord(job, index, record, lane=job.origin.lane, producer=job.origin.producer))
     return pending

@@ -9,6 +9,8 @@ and spooled to disk, coded like a file), and an `inputFile` (a claim check).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -17,14 +19,17 @@ from ..batch.journal import Job
 from ..batch.manager import BatchManager
 from ..config import Settings
 from ..logs import get_logger
+from ..ops import metrics
 from ..realtime.backlog import CallKey
 from ..realtime.files import code_input_file, code_records
-from ..realtime.job import SyncJob, pending_records
+from ..realtime.backlog import BULK
+from ..realtime.job import Origin, SyncJob, pending_records
 from ..realtime.worker import SyncWorker
-from .body import SpoolArea, is_large, spool_body
+from ..statedir import StateDir, StateNotWritable
+from .body import LARGE_BODY, SpoolArea, is_large, spool_body
 from .claimcheck import ClaimCheckError, default_output_name
 from .cleaning import clean, clean_records, record_problem
-from .finish import Finisher, ResultsFile
+from .finish import Finisher, ReplyNotConfirmed, ResultsFile
 from .inbox import check_input, read_local_records
 from .incoming import AckPolicy, Incoming
 from .messages import CodeRequest, InvalidMessage, parse_request, request_from_members
@@ -38,6 +43,7 @@ log = get_logger("coderd.requests")
 # when the job is done), or a hand-back to the queue.
 Outcome = dict | Job | HandBack
 MIN_RESULT_BYTES = 150  # no RecordResult is shorter: how large a reply will be, at least
+OUTBOX_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def new_job(incoming: Incoming, request: CodeRequest, suggestions: int, **fields) -> Job:
@@ -49,9 +55,9 @@ def new_job(incoming: Incoming, request: CodeRequest, suggestions: int, **fields
 
 class Dispatcher:
     def __init__(self, settings: Settings, catalog: ModelCatalog, worker: SyncWorker, batch: BatchManager,
-                 finisher: Finisher) -> None:
+                 finisher: Finisher, state: StateDir) -> None:
         self.settings, self.catalog, self.worker, self.batch = settings, catalog, worker, batch
-        self.finisher = finisher
+        self.finisher, self.state = finisher, state
         self.spool = SpoolArea(settings.state_dir)
 
     @property
@@ -61,8 +67,16 @@ class Dispatcher:
     async def handle(self, incoming: Incoming) -> AckPolicy:
         """Never raises (but for cancellation): whatever happens, the message is settled."""
         address = incoming.address
+        if len(incoming.body) > LARGE_BODY:
+            await asyncio.to_thread(lambda: incoming.identity)  # hashing a large body: not on the loop
+        if await self.finisher.answered.answered(incoming.identity):
+            log.info("request_already_answered", correlation_id=address.correlation_id)
+            metrics.duplicate_requests.inc()
+            return AckPolicy.ACK
         try:
             outcome = await self.outcome(incoming)
+        except StateNotWritable as exc:  # it could not be journaled or spooled: later, then
+            outcome = HandBack(str(exc))
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a bug: the broker counts the delivery, then dead-letters
@@ -79,6 +93,10 @@ class Dispatcher:
         try:
             await self.finisher.finish(address, outcome, elapsed=incoming.elapsed(), lane=incoming.lane,
                                        owner=incoming.identity)
+        except ReplyNotConfirmed as exc:  # the request stays with the broker, which delivers it again
+            (log.debug if exc.connection_lost else log.warning)(
+                "reply_not_confirmed", correlation_id=address.correlation_id, error=str(exc))
+            return AckPolicy.NACK
         except Exception as exc:  # noqa: BLE001 - the reply is not confirmed: the request stays queued
             log.warning("reply_not_confirmed", correlation_id=address.correlation_id,
                         error=f"{type(exc).__name__}: {exc}")
@@ -125,7 +143,7 @@ class Dispatcher:
                           kind="record" if request.record is not None else "records")
             await asyncio.to_thread(self.batch.journal.create, job, raw)
             return job
-        job = SyncJob(raw, request.model)
+        job = SyncJob(raw, request.model, Origin(incoming.lane, incoming.producer))
         pending = pending_records(job, cleaned, problems, batch_available=self.batch_available)
         if pending:
             self.worker.submit(CallKey(request.topic, request.model, self._suggestions(request)), pending)
@@ -143,8 +161,10 @@ class Dispatcher:
     async def _spooled(self, incoming: Incoming) -> Outcome:
         """A large or compressed body: parsed as a stream in a thread, its records written to
         a spool file and coded from there, like a file."""
-        directory, longest_seen = self.spool.new(), [0]
-        await asyncio.to_thread(lambda: incoming.identity)  # hashing a large body: not on the loop
+        try:
+            directory, longest_seen = self.spool.new(), [0]
+        except OSError as exc:
+            raise self.state.failed(exc, "a large request's spool") from None
 
         def measure(item) -> None:  # the longest record decides the route, as for a small body
             if record_problem(item) is None:
@@ -153,8 +173,11 @@ class Dispatcher:
         keep = False
         try:
             try:
-                spooled = await asyncio.to_thread(spool_body, incoming.body, incoming.content_encoding,
-                                                  directory, measure)
+                try:
+                    spooled = await asyncio.to_thread(spool_body, incoming.body, incoming.content_encoding,
+                                                      directory, measure)
+                except OSError as exc:
+                    raise self.state.failed(exc, "a large request's spool") from None
                 request = request_from_members(spooled.fields, spooled.count if spooled.records else None)
             except InvalidMessage as exc:
                 return failed_reply(None, None, None, "invalid_message", str(exc), exc.details)
@@ -185,9 +208,9 @@ class Dispatcher:
                 await asyncio.to_thread(self.finisher.outbox.check_writable)
             except ClaimCheckError as exc:
                 return failed_reply(request.topic, request.model, None, exc.code, str(exc))
-        outcome, model = await code_records(
+        outcome, model = await code_records(  # large: the bulk lane, whichever queue it came from
             self.worker, request, read_local_records(records), records.with_name("results.jsonl"),
-            self._suggestions(request), batch_available=self.batch_available)
+            self._suggestions(request), batch_available=self.batch_available, origin=Origin(BULK, incoming.producer))
         if not isinstance(outcome, ResultsFile):
             return outcome
         return {"status": "completed", "topic": request.topic, "model": model, "route": "sync",
@@ -213,14 +236,21 @@ class Dispatcher:
                 await asyncio.to_thread(self.batch.journal.create, job, None)
                 return job
             try:
-                outcome, model = await code_input_file(self.worker, request, self.settings.inbox_dir, target,
-                                                       self._suggestions(request), batch_available=self.batch_available)
+                outcome, model = await code_input_file(  # a file: the bulk lane, whichever queue it came from
+                    self.worker, request, self.settings.inbox_dir, target, self._suggestions(request),
+                    batch_available=self.batch_available, origin=Origin(BULK, incoming.producer))
             except ClaimCheckError as exc:
                 return failed_reply(request.topic, request.model, "sync", exc.code, str(exc))
+            except OSError as exc:  # the outbox filled up (or turned read-only) while the output was written
+                if exc.errno not in OUTBOX_FULL:
+                    raise
+                return failed_reply(request.topic, request.model, "sync", "output_not_writable",
+                                    f"the output {output_name!r} could not be written: {os.strerror(exc.errno)}")
             if not isinstance(outcome, ResultsFile):
                 return outcome
             await asyncio.to_thread(outbox.written, target, owner)
             return {"status": "completed", "topic": request.topic, "model": model, "route": "sync",
-                    "output": {"file": output_name, "records": outcome.records, **outcome.counts}, "error": None}
+                    "output": {"file": output_name, "records": outcome.records, **outcome.counts,
+                               "cached": outcome.cached}, "error": None}
         finally:
             outbox.release(target)

@@ -19,6 +19,7 @@ from typing import Protocol
 from ..durable import AtomicFile, fsync_dir
 from ..logs import get_logger
 from ..ops import metrics
+from .answered import AnsweredLog
 from .incoming import ReplyAddress
 from .outbox import MAX_REPLY_BYTES, Outbox, reply_file_name
 from .results import encode
@@ -27,6 +28,15 @@ log = get_logger("coderd.requests")
 
 ENCODE_IN_THREAD = 1000  # replies with more records than this are encoded off the event loop
 _OUTCOMES = ("successful", "unsuccessful", "invalid")
+
+
+class ReplyNotConfirmed(Exception):
+    """The broker did not confirm a reply; `connection_lost` when it was cut meanwhile (then
+    the request is delivered again, and a single line about the cut says why)."""
+
+    def __init__(self, message: str, *, connection_lost: bool) -> None:
+        super().__init__(message)
+        self.connection_lost = connection_lost
 
 
 class Publisher(Protocol):
@@ -39,6 +49,7 @@ class ResultsFile:
 
     path: Path
     records: int = 0
+    cached: int = 0  # of them, answered from the result cache
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_OUTCOMES, 0))
 
     @property
@@ -62,8 +73,8 @@ def outcome_counts(reply: dict) -> dict[str, int]:
 
 
 class Finisher:
-    def __init__(self, publisher: Publisher, outbox: Outbox) -> None:
-        self.publisher, self.outbox = publisher, outbox
+    def __init__(self, publisher: Publisher, outbox: Outbox, answered: AnsweredLog) -> None:
+        self.publisher, self.outbox, self.answered = publisher, outbox, answered
 
     async def finish(self, address: ReplyAddress, reply: dict, *, elapsed: float, owner: str,
                      lane: str = "bulk", **fields) -> None:
@@ -72,8 +83,9 @@ class Finisher:
         counts = outcome_counts(reply)
         body, claim_checked = await self.render(address, reply, owner)
         await self.publisher.publish(body, address.reply_to, address.correlation_id)
+        self.answered.record(owner)
         metrics.observe_reply({"route": reply.get("route"), "status": reply["status"], "error": reply.get("error"),
-                               "output": counts}, elapsed)
+                               "output": counts}, elapsed, lane)
         error = reply.get("error") or {}
         log.info("request_done", correlation_id=address.correlation_id, status=reply["status"],
                  route=reply.get("route"), records=sum(counts.values()), latency_ms=round(elapsed * 1000, 1),
@@ -106,7 +118,7 @@ class Finisher:
             raise
         await asyncio.to_thread(self.outbox.written, target, owner)
         summary = {k: v for k, v in reply.items() if k not in ("records", "error")}
-        summary["output"] = {"file": name, "records": results.records, **results.counts}
+        summary["output"] = {"file": name, "records": results.records, **results.counts, "cached": results.cached}
         summary["error"] = None
         log.info("reply_claim_checked", correlation_id=address.correlation_id, file=name, records=results.records)
         return encode(summary).encode(), name

@@ -224,6 +224,8 @@ class OutputSummary(BaseModel):
     successful: int
     unsuccessful: int
     invalid: int
+    cached: int = Field(0, description="Of the records, how many were answered from coderd's result cache "
+                                       "(what the API said for the same text and model), without a call.")
 
 
 class Reply(BaseModel):

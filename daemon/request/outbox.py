@@ -17,12 +17,15 @@ import re
 from pathlib import Path
 
 from ..durable import temp_beside, write_atomically
+from ..logs import get_logger
 from .claimcheck import ClaimCheckError, resolve_inside
 
 MAX_REPLY_BYTES = 16 << 20  # a larger reply is delivered as a file in the outbox (a claim check)
 REPLY_DIRECTORY = "replies"
 MAX_DEPTH = 8  # directories an outputFile may name, created as needed
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+log = get_logger("coderd.outbox")
 
 
 def reply_file_name(correlation_id: str) -> str:
@@ -61,11 +64,15 @@ class Outbox:
         self._ensure_writable(self.root / REPLY_DIRECTORY, REPLY_DIRECTORY)
 
     def written(self, target: Path, owner: str) -> None:
-        """`target` is in place: remember whose it is."""
+        """`target` is in place: remember whose it is (if state_dir will take it: the output
+        is there either way; without the record, only this request cannot rewrite it)."""
         self._writing.pop(target, None)
-        self.owners.mkdir(parents=True, exist_ok=True)
         relative = str(target.relative_to(self.root.resolve()))
-        write_atomically(self._owner_path(target), json.dumps({"file": relative, "owner": owner}), mode=0o600)
+        try:
+            self.owners.mkdir(parents=True, exist_ok=True)
+            write_atomically(self._owner_path(target), json.dumps({"file": relative, "owner": owner}), mode=0o600)
+        except OSError as exc:
+            log.warning("output_owner_not_recorded", file=relative, error=os.strerror(exc.errno or 0))
 
     def release(self, target: Path) -> None:
         """Writing `target` was abandoned (the request failed or went back to the queue)."""

@@ -24,6 +24,7 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 GENERATED = "Generated from the pydantic models by `python -m daemon.asyncapi`: do not edit."
 DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 REQUEST_QUEUE, REPLY_QUEUE = DEFAULTS["request_queue"], DEFAULTS["default_reply_queue"]
+INTERACTIVE_QUEUE = f"{REQUEST_QUEUE}.interactive"
 
 
 class RequestProperties(BaseModel):
@@ -137,6 +138,18 @@ def document() -> dict:
                                                                "exclusive": False, "autoDelete": False}, **amqp}},
                 "x-amqp-queue-arguments": request_queue_arguments(REQUEST_QUEUE),
             },
+            "interactiveCodingRequests": {
+                "address": INTERACTIVE_QUEUE,
+                "description": "The interactive lane (config `interactive_queue`, default `request_queue` + "
+                               "`.interactive`): the same messages, for a person waiting. Its records go into the "
+                               "very next call, ahead of the request queue's, and wait for quota pacing at most "
+                               "`interactive_max_wait_seconds`. Declared like the request queue; who may publish "
+                               "to it is a RabbitMQ permission.",
+                "messages": {"CodeRequest": ref("#/components/messages/CodeRequest")},
+                "bindings": {"amqp": {"is": "queue", "queue": {"name": INTERACTIVE_QUEUE, "durable": True,
+                                                               "exclusive": False, "autoDelete": False}, **amqp}},
+                "x-amqp-queue-arguments": request_queue_arguments(INTERACTIVE_QUEUE),
+            },
             "codingReplies": {
                 "address": None,
                 "description": f"The request's `reply_to` queue (the producer's), or `{REPLY_QUEUE}` (config "
@@ -145,7 +158,16 @@ def document() -> dict:
                 "bindings": {"amqp": {"is": "routingKey", "exchange": {"name": "", "type": "default"}, **amqp}},
             },
         },
-        "operations": {"sendCodingRequest": {
+        "operations": {"sendInteractiveCodingRequest": {
+            "action": "send", "channel": ref("#/channels/interactiveCodingRequests"),
+            "summary": "The same, for a person waiting: answered ahead of bulk requests.",
+            "messages": [ref("#/channels/interactiveCodingRequests/messages/CodeRequest")],
+            "bindings": {"amqp": {"deliveryMode": 2, **amqp}},
+            "reply": {"address": {"location": "$message.header#/reply_to",
+                                  "description": f"The request's `reply_to`; `{REPLY_QUEUE}` without one."},
+                      "channel": ref("#/channels/codingReplies"),
+                      "messages": [ref("#/channels/codingReplies/messages/Reply")]},
+        }, "sendCodingRequest": {
             "action": "send", "channel": ref("#/channels/codingRequests"),
             "summary": "Ask coderd to code records; it answers on the request's `reply_to`.",
             "messages": [ref("#/channels/codingRequests/messages/CodeRequest")],

@@ -111,7 +111,7 @@ class Submission:
         import aio_pika
         from tqdm import tqdm
 
-        from ..broker.connection import FailoverConnection
+        from ..broker.connection import Nodes
         from ..request.inbox import read_local_records
         s, a, self.aio_pika, self.records = self.settings, self.args, aio_pika, lambda: read_local_records(self.path)
         self.total = total = await asyncio.to_thread(lambda: sum(1 for _ in self.records()))
@@ -123,8 +123,8 @@ class Submission:
         self.file_mode, self.chunks, self.start = self.header["mode"] == "file", -(-total // CHUNK), time.time()
         self.expected = {"file"} if self.file_mode else range(self.chunks)  # the keys of our replies
         self.done = self.first = sum(map(self.size, self.answered))
-        self.connection = FailoverConnection(s.amqp_urls, client_properties={"connection_name": "coderd-submit"})
-        await self.connection.connect(timeout=30)
+        self.connection = await Nodes(s.amqp_urls).connect(timeout=30, client_properties={
+            "connection_name": "coderd-submit"})
         try:
             self.channel = await self.connection.channel(on_return_raises=True)
             await self.channel.set_qos(prefetch_count=50)
