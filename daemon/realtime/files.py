@@ -10,6 +10,7 @@ stays unacked while it is coded: a crash means it is coded again from the start.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -24,7 +25,8 @@ from .backlog import CallKey
 from .job import Origin, SyncJob, pending_records
 from .worker import SyncWorker
 
-CHUNK = 3000  # records held in memory at a time: ten full calls
+CHUNK = 3000  # records a chunk: ten full calls
+CHUNKS_AHEAD = 2  # chunks in memory at a time: the one being answered, and the next
 
 Records = Iterator[tuple[object, "str | None"]]
 
@@ -63,29 +65,44 @@ async def code_records(worker: SyncWorker, request: CodeRequest, records: Record
 async def _code(worker: SyncWorker, request: CodeRequest, records: Records, target: Path,
                 suggestions: int, *, batch_available: bool, origin: Origin) -> tuple[ResultsFile, str]:
     results, model = ResultsFile(target), request.model
-    with AtomicFile(target) as output:
-        while chunk := await asyncio.to_thread(lambda: list(islice(records, CHUNK))):
-            raw = [record for record, _ in chunk]
-            errors = {index: error for index, (_, error) in enumerate(chunk) if error}
-            job = SyncJob(raw, request.model, origin)
-            cleaned, problems = clean_records(raw, errors)
-            pending = pending_records(job, cleaned, problems, batch_available=batch_available)
-            if pending:
-                worker.submit(CallKey(request.topic, request.model, suggestions), pending)
-            try:
+    key = CallKey(request.topic, request.model, suggestions)
+    ahead: deque[SyncJob] = deque()  # submitted, answered in order
+    try:
+        with AtomicFile(target) as output:
+            while True:
+                # The next chunk waits in the backlog while this one is coded, so the calls
+                # between two chunks are full too; CHUNKS_AHEAD bounds the memory.
+                while len(ahead) < CHUNKS_AHEAD and (chunk := await asyncio.to_thread(
+                        lambda: list(islice(records, CHUNK)))):
+                    ahead.append(_submit(worker, key, request, chunk, origin, batch_available))
+                if not ahead:
+                    return results, model
+                job = ahead[0]
                 outcome = await job.outcome
-            except asyncio.CancelledError:
-                job.abandon()
-                raise
-            if isinstance(outcome, Refusal):
-                raise _Unfinished(failed_reply(request.topic, job.model, "sync", outcome.code, outcome.message))
-            if isinstance(outcome, HandBack):
-                raise _Unfinished(outcome)
-            model = job.model or model
-            results.cached += job.cached
-            lines = await asyncio.to_thread(lambda: [encode(result) for result in outcome])
-            for result, line in zip(outcome, lines):
-                results.records += 1
-                results.counts[result["codeStatus"]] += 1
-                output.write_line(line)
-    return results, model
+                ahead.popleft()
+                if isinstance(outcome, Refusal):
+                    raise _Unfinished(failed_reply(request.topic, job.model, "sync", outcome.code, outcome.message))
+                if isinstance(outcome, HandBack):
+                    raise _Unfinished(outcome)
+                model = job.model or model
+                results.cached += job.cached
+                lines = await asyncio.to_thread(lambda: [encode(result) for result in outcome])
+                for result, line in zip(outcome, lines):
+                    results.records += 1
+                    results.counts[result["codeStatus"]] += 1
+                    output.write_line(line)
+    finally:
+        for job in ahead:  # unfinished or cancelled: what is still waiting needs no call
+            job.abandon()
+
+
+def _submit(worker: SyncWorker, key: CallKey, request: CodeRequest, chunk: list, origin: Origin,
+            batch_available: bool) -> SyncJob:
+    raw = [record for record, _ in chunk]
+    errors = {index: error for index, (_, error) in enumerate(chunk) if error}
+    job = SyncJob(raw, request.model, origin)
+    cleaned, problems = clean_records(raw, errors)
+    pending = pending_records(job, cleaned, problems, batch_available=batch_available)
+    if pending:
+        worker.submit(key, pending)
+    return job
