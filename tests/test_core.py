@@ -416,3 +416,27 @@ async def test_in_a_token_outage_every_request_waits_the_same_patience_then_fail
         assert reply["error"]["code"] == "upstream_error" and "within 2 s" in reply["error"]["message"]
     assert late_still_waiting
     assert core.reply(recovered)["status"] == "completed"
+
+
+async def test_a_backlog_left_holding_only_finished_requests_is_no_crash(make_emulator, tmp_path):
+    """Records whose requests ended (a cut cancels their handlers) are dropped when the
+    worker looks for the next call; if nothing else waits there is no call, and no crash."""
+    from daemon.realtime.backlog import CallKey
+    from daemon.realtime.job import SyncJob, pending_records
+    from daemon.request.cleaning import clean_records
+
+    api = await make_emulator()
+    async with running_core(api.url, tmp_path) as core:
+        worker = core.core.worker
+        worker._wake.clear()
+        raw = records(3, "gone")
+        job = SyncJob(raw, None)
+        cleaned, problems = clean_records(raw)
+        worker.backlog.add(CallKey("anzsco", None, 3), pending_records(job, cleaned, problems, batch_available=False))
+        job.abandon()  # its message went back to the broker
+        worker._wake.set()
+        await asyncio.sleep(0.2)
+        reply = core.reply(await core.deliver(ONE))
+        crashes = core.supervisor.snapshot()["sync-worker"]["crashes_recent"]
+    assert reply["status"] == "completed" and api.stats.records_coded == 1
+    assert crashes == 0

@@ -35,7 +35,7 @@ async def get(session, url):
 async def test_health_readiness_and_metrics(coderd, broker):
     port = free_port()
     async with EmulatorServer(quiet_config(requests_per_second=20)) as api, aiohttp.ClientSession() as session:
-        daemon = await coderd(api, requests_per_second=20, http_listen=f"127.0.0.1:{port}")
+        daemon = await coderd(api, requests_per_second=20, http_listen=f"127.0.0.1:{port}", quota_burst="0.05")
         base = f"http://127.0.0.1:{port}"
         assert (await get(session, f"{base}/healthz"))[0] == 200
         status, body = await get(session, f"{base}/readyz")

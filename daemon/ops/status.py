@@ -57,6 +57,8 @@ def _lanes(lanes: dict) -> list[str]:
 def _pacing(quota: dict) -> list[str]:
     if "pace_calls_per_hour" not in quota:  # an older daemon
         return []
+    if quota.get("pacing") is False:
+        return [f"  pacing        off (quota_burst = 1); {quota['waiting_records']} records waiting"]
     wait = quota["pacing_wait_seconds"]
     return [f"  pacing        even pace {quota['pace_calls_per_hour']:g} calls/h "
             f"(the even line is at {quota['even_pace_remaining']:g} left), "

@@ -145,6 +145,8 @@ class SyncWorker(Component):
         if self.caller.ledger.exhausted:  # whatever pacing would say: nothing goes until 00:00 UTC
             raise QuotaExhausted("the day's calls are used up")
         plan = plan_call(self.backlog, self.pacer, interactive_max_wait=self.interactive_max_wait)
+        if plan is None:  # what waited belonged to requests already finished (dropped just now)
+            return
         key = plan.key
         if key.model is None and self.catalog.latest(key.topic) is None:
             await self._resolve_latest(key)
