@@ -45,7 +45,7 @@ def test_a_quiet_day_adds_no_latency(quota, burst, at, share):
 
 
 @given(st.sampled_from([1000]) | st.integers(50, 3000), bursts, times, st.floats(0, 1))
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 def test_steady_demand_spends_the_day_evenly_and_not_before_midnight(quota, burst, at, share):
     """Partial calls wanted all the time, from any point of the day with any part spent:
     the calls never go faster than the straight line to 00:00 plus the burst, never use the
@@ -72,7 +72,7 @@ def test_steady_demand_spends_the_day_evenly_and_not_before_midnight(quota, burs
 
 
 @given(quotas, bursts, times, st.integers(1, 700))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=25, deadline=None)
 def test_full_calls_never_put_partial_calls_in_debt(quota, burst, at, full_calls):
     """A burst of full calls (never held) leaves partial calls at most one even-pace
     interval to wait: the calls it spent already lower the pace."""

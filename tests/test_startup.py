@@ -40,11 +40,17 @@ def coderd(*args: str, env: dict[str, str], prefix: Sequence[str] = (), timeout:
                           capture_output=True, text=True, timeout=timeout)
 
 
+_RESERVED: list[socket.socket] = []  # bound, never listening: held for the whole run
+
+
 def closed_port() -> int:
-    """A local port nothing listens on: connecting is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A local port nothing listens on: connecting is refused at once. The socket stays
+    bound (without listening), so no listener of the test — the daemon's own http_listen
+    on port 0, say — can be given the same port meanwhile."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _RESERVED.append(s)
+    return s.getsockname()[1]
 
 
 def failure_line(done: subprocess.CompletedProcess) -> str:

@@ -117,7 +117,9 @@ async def test_resume_after_kill_codes_each_chunk_once(coderd, broker, tmp_path)
         await asyncio.sleep(2.5)  # a request published twice would be coded (1 call/s) by now
         assert api.stats.records_coded < 2 * n
         assert api.stats.records_coded == n  # no chunk was coded twice
-        assert sum(e.get("event") == "request_done" for e in daemon.events()) == n // 300
+        # A chunk published again (its first reply lost with the killed submit) may be
+        # answered twice, the second time from the result cache: never coded twice.
+        assert sum(e.get("event") == "request_done" for e in daemon.events()) >= n // 300
         assert not side.exists()
     finally:
         await api.stop()
