@@ -12,3 +12,4 @@ DELIVERY_LIMIT = 5
 PREFETCH = 1000
 BULK, INTERACTIVE = "bulk", "interactive"  # the two lanes
 INTERACTIVE_PREFETCH = 100  # the interactive lane: few records a message, answered at once
+STANDBY = "standby"  # why a replica does not consume: another one holds the lease

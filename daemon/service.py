@@ -1,12 +1,14 @@
 """The daemon's life: its parts built in dependency order, started in that order, and
 stopped in reverse, each awaited (one `AsyncExitStack`).
 
-    coding API (or the built-in emulator) -> supervisor -> HTTP session -> the core
-    (token, limiter, quota ledger, catalog, real-time worker, batch manager, finisher,
-    dispatcher) -> operator endpoints -> broker link -> intake
+    coding API (or the built-in emulator) -> supervisor -> HTTP session -> operator
+    endpoints -> broker link -> state stream -> lease -> the core (token, limiter, quota
+    ledger, catalog, real-time worker, batch manager, finisher, dispatcher) -> intake
+    -> active role (consuming and batch jobs start once this replica holds the lease)
 
 At SIGTERM the intake stops first (requests in flight get a grace period, the rest go
-back to the queue), then the batch manager and the worker, then the broker link.
+back to the queue), then the batch manager and the worker, then the lease goes back to
+the queue for the next replica, then the broker link closes.
 """
 
 from __future__ import annotations
@@ -28,13 +30,18 @@ from .api.token import TokenProvider
 from .batch.manager import BatchManager
 from .broker.connection import BrokerLink
 from .broker.intake import Intake
+from .broker.lease import Lease
 from .broker.replies import ReplyPublisher
+from .broker.statestream import StateStream
 from .config import ConfigError, Settings, StartupError, check_writable_dir, failure_reason
+from .constants import STANDBY
 from .logs import get_logger, register_secret
 from .ops.endpoints import DaemonView, OperatorEndpoints
 from .ops.sdnotify import SystemdNotifier
 from .ops.supervisor import Supervisor
 from .realtime.worker import SyncWorker
+from .replica.role import STANDBY_REASON, ActiveRole
+from .replica.sharing import NoSharing, StreamSharing
 from .request.answered import AnsweredLog
 from .request.dispatch import Dispatcher
 from .request.finish import Finisher, Publisher
@@ -96,7 +103,8 @@ class Core:
 
 
 def build_core(settings: Settings, secret: str, session: aiohttp.ClientSession, publisher: Publisher,
-               supervisor: Supervisor) -> Core:
+               supervisor: Supervisor, sharing: NoSharing | None = None, *, standby: bool = False) -> Core:
+    """The core; `standby`: batch jobs wait until the replica is made active (replica/role.py)."""
     tokens = TokenProvider(session, settings.auth_url, settings.client_id, secret, settings.state_dir)
     limiter = CallLimiter(settings.requests_per_second)
     state = StateDir(settings.state_dir, supervisor)
@@ -110,7 +118,8 @@ def build_core(settings: Settings, secret: str, session: aiohttp.ClientSession, 
                         supervisor=supervisor) if settings.cache else None
     worker = SyncWorker(caller, catalog, supervisor, state, pacer, cache,
                         interactive_max_wait=settings.interactive_max_wait_seconds)
-    batch = BatchManager(settings, caller, catalog, session, finisher, supervisor, state, cache)
+    batch = BatchManager(settings, caller, catalog, session, finisher, supervisor, state, cache, sharing,
+                         active=not standby)
     dispatcher = Dispatcher(settings, catalog, worker, batch, finisher, state)
     return Core(settings, state, tokens, limiter, ledger, caller, catalog, worker, batch, finisher, dispatcher)
 
@@ -140,11 +149,16 @@ class Daemon:
             session = await stack.enter_async_context(aiohttp.ClientSession(trace_configs=[call_tracing()]))
             link = BrokerLink(settings)
             publisher = ReplyPublisher(link, settings.default_reply_queue, settings.request_queue)
-            core = build_core(settings, secret, session, publisher, supervisor)
+            stream = StateStream(link, settings.request_queue)
+            sharing = StreamSharing(stream, supervisor)
+            core = build_core(settings, secret, session, publisher, supervisor, sharing, standby=True)
             intake = Intake(settings, link, core.dispatcher.handle, publisher, core.limiter)
+            await intake.pause(STANDBY, STANDBY_REASON)  # until this replica holds the lease
+            lease = Lease(link, settings.request_queue)
+            role = ActiveRole(lease, stream, sharing, intake, core.batch, core.ledger, core.limiter, supervisor)
             endpoints = OperatorEndpoints(*settings.http_host_port, DaemonView(
                 settings, link, intake, core.tokens, core.ledger, core.limiter, core.batch.journal, supervisor,
-                core.state, core.worker, builtin_emulator=builtin_emulator))
+                core.state, core.worker, builtin_emulator=builtin_emulator, role=role))
             if core.ledger.exhausted:
                 await intake.pause("quota", "daily quota used up: consuming resumes at 00:00 UTC")
             self.core, self.endpoints, self.intake = core, endpoints, intake
@@ -165,7 +179,7 @@ class Daemon:
                 nodes = settings.public_view()["amqp_url"]  # passwords masked
                 raise StartupError(f"broker: cannot connect to {'any of ' if ',' in nodes else ''}{nodes}: "
                                    f"{failure_reason(exc)}") from None
-            for component in (*core.components, intake):
+            for component in (stream, sharing, lease, *core.components, intake, role):
                 await stack.enter_async_context(component)
             followers = {"quota-pause": lambda: intake.follow_quota(core.ledger),
                          "state-dir-pause": lambda: intake.follow_state_dir(core.state)}

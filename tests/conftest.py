@@ -113,7 +113,7 @@ async def coderd(tmp_path, broker):
         env = daemon_env(emulator.url, broker, state, **settings)
         daemon = await DaemonProcess(env, tmp_path / f"coderd-{len(started)}.log").start()
         started.append(daemon)
-        await daemon.wait_for_event("consuming")
+        await daemon.wait_for_event(("consuming", "standing_by"))  # the active replica, or a standby
         return daemon
 
     yield start

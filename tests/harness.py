@@ -89,10 +89,12 @@ class DaemonProcess:
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
-    async def wait_for_event(self, name: str, count: int = 1, timeout: float = 30) -> None:
-        """Wait until the log holds `count` events called `name` (the log is a file: poll it)."""
+    async def wait_for_event(self, name: str | tuple[str, ...], count: int = 1, timeout: float = 30) -> None:
+        """Wait until the log holds `count` events called `name` (or any of several names;
+        the log is a file: poll it)."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while sum(e.get("event") == name for e in self.events()) < count:
+        names = (name,) if isinstance(name, str) else name
+        while sum(e.get("event") in names for e in self.events()) < count:
             if self.process.returncode is not None:
                 raise AssertionError(f"daemon exited ({self.process.returncode}):\n{self.log_text()[-3000:]}")
             if asyncio.get_running_loop().time() > deadline:
@@ -112,8 +114,9 @@ class DaemonProcess:
 class Broker:
     """The test's own AMQP client: publishes requests, collects replies."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, url: str = AMQP_URL) -> None:
         self.prefix = prefix
+        self.url = url
         self.request_queue = f"{prefix}.requests"
         self.interactive_queue = f"{prefix}.requests.interactive"  # coderd's default: request_queue + ".interactive"
         self.reply_queue = f"{prefix}.replies"
@@ -122,7 +125,7 @@ class Broker:
         self.channel = None
 
     async def open(self) -> "Broker":
-        self.connection = await aio_pika.connect_robust(AMQP_URL)
+        self.connection = await aio_pika.connect_robust(self.url)
         self.channel = await self.connection.channel()
         await self.channel.declare_queue(self.reply_queue, durable=True)
         return self
@@ -212,7 +215,8 @@ class Broker:
     async def close(self) -> None:
         channel = await self.connection.channel()
         for name in (self.request_queue, f"{self.request_queue}.dead", self.interactive_queue,
-                     f"{self.interactive_queue}.dead", self.reply_queue, self.default_reply_queue):
+                     f"{self.interactive_queue}.dead", self.reply_queue, self.default_reply_queue,
+                     f"{self.request_queue}.lease", f"{self.request_queue}.state"):
             try:
                 await channel.queue_delete(name)
             except Exception:

@@ -217,7 +217,7 @@ async def wait_for_phase(daemon, phase, timeout=60):
         await asyncio.sleep(0.02)
 
 
-async def test_a_job_whose_files_vanished_is_redone(coderd, broker, api, tmp_path):
+async def test_a_job_whose_spool_vanished_is_rebuilt_for_the_same_operation(coderd, broker, api, tmp_path):
     write_jsonl(tmp_path / "state" / "inbox" / "v.jsonl", people(500))
     daemon = await coderd(api, **PARTNER)
     await broker.publish({"topic": "anzsco", "inputFile": "v.jsonl"}, correlation_id="v")
@@ -228,7 +228,8 @@ async def test_a_job_whose_files_vanished_is_redone(coderd, broker, api, tmp_pat
     restarted = await coderd(api, **PARTNER)
     [(_, reply)] = await broker.replies(1, timeout=60)
     assert reply["status"] == "completed" and reply["output"]["records"] == 500
-    assert any(e.get("event") == "batch_files_missing" for e in restarted.events())
+    assert any(e.get("event") == "batch_spool_rebuilt" for e in restarted.events())
+    assert api.stats.operations_created == 1
 
 
 async def test_replicas_sharing_state_run_each_job_once(coderd, broker, tmp_path):

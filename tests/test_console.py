@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -133,10 +134,17 @@ async def test_console_shows_the_running_daemons_own_figures(broker, tmp_path):
             status = await response.json()
 
     assert status["quota"]["used"] >= calls_made and status["consumer"] == "active"
+    assert status["replica"]["role"] == "active" and status["replica"]["takeovers"] == 1
+    at, today = time.gmtime(status["replica"]["active_since"]), time.gmtime(status["history"]["now"])
+    day = "" if at[:3] == today[:3] else time.strftime("%Y-%m-%d ", at)  # the date only when not today
+    since = f"active since {day}{time.strftime('%H:%M:%S', at)} UTC (1 takeover)"
     assert sum(minute[1] for minute in status["history"]["minutes"]) >= calls_made
     for dom in (laptop, phone):
         assert dom.text("ready") == "ready"
         assert dom.text("consumer") == status["consumer"] == "active"
+        assert "ok" in dom.by_id("consumer")["attrs"]["class"].split()
+        assert dom.text("consumer-note") == "consuming requests"
+        assert dom.text("replica") == since
         assert dom.text("broker") == "connected" and dom.text("consuming") == "consuming"
         assert dom.text("api") == api.url and dom.by_id("emulator")["attrs"].get("hidden") is not None
         used = status["quota"]["used"]
@@ -188,6 +196,7 @@ FULL = {  # a status document with every panel's data in it (the shape /status.j
     "ready": False, "reasons": ["daily quota used up: consuming resumes at 00:00 UTC"],
     "coding_api": {"builtin_emulator": True, "url": "http://127.0.0.1:1", "note": "BUILT-IN EMULATOR"},
     "broker": "connected", "consumer": "paused", "pauses": {"quota": "daily quota used up"},
+    "replica": {"role": "active", "active_since": 1_700_000_000.0 - 3600, "takeovers": 2},
     "token": {"obtainable": False, "note": "credentials rejected", "age_seconds": None, "requests": 3},
     "quota": {"used": 600, "remaining": 0, "daily_quota": 600, "resets_in_seconds": 3600, "tokens": 0.0,
               "burst": 30.0, "pace_calls_per_hour": 0.0, "even_pace_remaining": 25.0, "pacing_wait_seconds": 0.0,
@@ -201,8 +210,15 @@ FULL = {  # a status document with every panel's data in it (the shape /status.j
 }
 
 
+STANDBY = {**FULL, "ready": True, "reasons": [], "consumer": "standby", "coding_api": {"builtin_emulator": False,
+           "url": "https://api.example"}, "token": {"obtainable": True, "note": "", "age_seconds": 30.0, "requests": 1},
+           "pauses": {"standby": "standing by: another replica holds the lease"},
+           "replica": {"role": "standby", "active_since": 1_700_000_000.0 - 86400, "takeovers": 1}}
+
+
 async def test_every_panel_renders_lanes_banner_errors_and_jobs(tmp_path):
-    """The panels a healthy daemon leaves empty, from a full document served beside the page."""
+    """The panels a healthy daemon leaves empty, from a full document served beside the page;
+    then a standby replica's."""
     need_chromium()
     clock = History(clock=lambda: 1_700_000_000.0)
     document = {**FULL, "history": clock.document(600, 600)}
@@ -223,11 +239,15 @@ async def test_every_panel_renders_lanes_banner_errors_and_jobs(tmp_path):
     try:
         port = runner.addresses[0][1]
         dom = await browse(f"http://127.0.0.1:{port}/", tmp_path, PHONE, "console-full")
+        document = {**STANDBY, "history": clock.document(600, 600)}
+        standby = await browse(f"http://127.0.0.1:{port}/", tmp_path, LAPTOP, "console-standby")
     finally:
         await runner.cleanup()
     assert "EMULATOR" in dom.text("emulator") and dom.by_id("emulator")["attrs"].get("hidden") is None
     assert dom.text("ready") == "not ready" and "daily quota used up" in dom.text("reasons")
-    assert dom.text("consuming") == "paused: daily quota used up" and dom.text("replica") == "–"
+    assert dom.text("consuming") == "paused: daily quota used up"
+    assert dom.text("consumer") == "paused" and "warn" in dom.by_id("consumer")["attrs"]["class"].split()
+    assert dom.text("replica") == "active since 21:13:20 UTC (2 takeovers)"  # still holds the lease, paused
     assert dom.text("token").startswith("NOT obtainable: credentials rejected")
     assert dom.by_id("lanes")["attrs"].get("hidden") is None
     lanes = [" ".join(row["text"].split()) for row in dom.inside("lanes-body", "tr")]
@@ -238,6 +258,15 @@ async def test_every_panel_renders_lanes_banner_errors_and_jobs(tmp_path):
     assert "4 × 429 throttled" in errors and "5 × upstream_error" in errors
     assert "2 × realtime: RuntimeError: boom" in errors
     assert dom.text("cache-rate") == "off" and dom.text("quota-remaining") == "0"
+
+    assert standby.text("ready") == "ready" and standby.text("reasons") == ""
+    assert standby.text("consumer") == "standby" and "idle" in standby.by_id("consumer")["attrs"]["class"].split()
+    assert standby.text("consumer-note") == "another replica consumes"
+    assert standby.text("replica") == "standby: another replica holds the lease (was active before: 1 takeover)"
+    assert standby.text("consuming") == "standing by: takes over if the active replica goes"
+    assert standby.by_id("consuming")["attrs"]["class"] == "muted"
+    for page in (dom, standby):
+        assert not any("waiting" in page.text(id_) for id_ in ("consumer", "consumer-note", "replica", "consuming"))
 
 
 def test_history_bins_minutes_and_keeps_one_burn_down_point_per_five_minutes():

@@ -124,12 +124,17 @@ def test_rules_parse_and_cover_what_operators_need(rules):
     alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
     for name in ("CoderdQuotaProjectedToRunOut", "CoderdNoReplicaConsuming", "CoderdTokenUnobtainable",
                  "CoderdApiThrottling", "CoderdInteractiveReplyP99AboveTarget", "CoderdBatchJobStuck",
-                 "CoderdTaskRestarting"):
+                 "CoderdTaskRestarting", "CoderdNoReplicaActive", "CoderdMoreThanOneReplicaActive"):
         assert name in alerts, name
         assert alerts[name]["labels"]["severity"] in {"info", "warning", "critical"}
         assert alerts[name]["annotations"]["summary"]
     assert 'status="429"' in alerts["CoderdApiThrottling"]["expr"]
     assert "coderd_task_crashes_total" in alerts["CoderdTaskRestarting"]["expr"]
+    assert 'state=~"active|standby"' in next(rule["expr"] for group in rules["groups"] for rule in group["rules"]
+                                             if rule.get("record") == "job:coderd_consumers_consuming:sum")
+    for name, test in (("CoderdNoReplicaActive", "== 0"), ("CoderdMoreThanOneReplicaActive", "> 1")):
+        assert alerts[name]["expr"] == f"sum by (job) (coderd_replica_active) {test}"
+        assert alerts[name]["labels"]["severity"] == "critical"
     documented = (ROOT / "docs/monitoring.md").read_text()
     assert all(name in documented for name in alerts), "every alert is explained in docs/monitoring.md"
 
@@ -178,7 +183,7 @@ def test_dashboard_imports_as_is_and_names_only_coderds_metrics(dashboard, known
     for metric in ("coderd_quota_remaining", "coderd_quota_even_pace_remaining", "coderd_coding_calls_total",
                    "coderd_records_per_call_sum", "coderd_reply_latency_seconds_bucket", "coderd_cache_lookups_total",
                    "coderd_batch_jobs", "coderd_api_errors_total", "coderd_task_crashes_total", "coderd_consumer",
-                   "coderd_builtin_emulator"):
+                   "coderd_builtin_emulator", "coderd_replica_active", "coderd_takeovers_total"):
         assert metric in text, f"the dashboard shows {metric} as the console does"
 
 
@@ -190,7 +195,7 @@ def test_the_checker_rejects_what_coderd_does_not_export(known):
     with pytest.raises(AssertionError, match="no label"):
         check_expr('coderd_api_errors_total{code="429"}', known, "wrong label")
     with pytest.raises(AssertionError, match="coderd sets"):
-        check_expr('coderd_consumer{state="standby"}', known, "wrong value")
+        check_expr('coderd_consumer{state="waiting"}', known, "wrong value")  # gone: a replica knows its role
     with pytest.raises(AssertionError, match="grouping by"):
         check_expr('sum by (lane) (coderd_records_total)', known, "wrong grouping")
 

@@ -3,8 +3,10 @@
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import aiohttp
 import pytest
@@ -38,10 +40,14 @@ async def test_health_readiness_and_metrics(coderd, broker):
         daemon = await coderd(api, requests_per_second=20, http_listen=f"127.0.0.1:{port}", quota_burst="0.05")
         base = f"http://127.0.0.1:{port}"
         assert (await get(session, f"{base}/healthz"))[0] == 200
+        await daemon.wait_for_event("replica_active")  # a lone replica takes the lease
         status, body = await get(session, f"{base}/readyz")
         ready = json.loads(body)
         assert status == 200 and ready["ready"] and ready["broker"] == "connected"
-        assert ready["consumer"] == "waiting" and ready["token"]["obtainable"]
+        assert ready["consumer"] == "active" and ready["token"]["obtainable"]
+        replica = ready["replica"]
+        assert replica["role"] == "active" and replica["takeovers"] == 1
+        assert 0 <= time.time() - replica["active_since"] < 60
         assert ready["coding_api"] == {"builtin_emulator": False, "url": api.url}
         for i in range(3):
             distinct = {**GUIDE, "occp_text": f"{GUIDE['occp_text']} {i}"}  # neither cached nor deduplicated
@@ -66,6 +72,9 @@ async def test_health_readiness_and_metrics(coderd, broker):
         assert found[("coderd_request_queue_depth", (("lane", "interactive"),))] == 0
         assert ready["lanes"]["bulk"]["p50_seconds"] is not None and ready["lanes"]["interactive"]["p50_seconds"] is None
         assert found[("coderd_consumer", (("state", "active"),))] == 1
+        assert found[("coderd_consumer", (("state", "standby"),))] == 0
+        assert found[("coderd_replica_active", ())] == 1.0
+        assert found[("coderd_takeovers_total", ())] == 1.0
         assert found[("coderd_reply_latency_seconds_count", (("lane", "bulk"), ("route", "sync")))] == 3
         assert ("coderd_batch_jobs", (("phase", "polling"),)) in found
         assert found[("coderd_builtin_emulator", ())] == 0
@@ -80,6 +89,8 @@ async def test_health_readiness_and_metrics(coderd, broker):
         assert "connected" in done.stdout and "active" in done.stdout and "quota" in done.stdout
         assert "even pace" in done.stdout and "result cache" in done.stdout
         assert f"coding API    {api.url}" in done.stdout and "EMULATOR" not in done.stdout
+        assert re.search(r"^  consumer      active$", done.stdout, re.MULTILINE)
+        assert re.search(r"^  replica       active since \d\d:\d\d:\d\d UTC \(1 takeover\)$", done.stdout, re.MULTILINE)
 
 
 async def test_the_builtin_emulator_is_said_everywhere(broker, tmp_path):
@@ -120,6 +131,29 @@ def test_status_renders_an_answer_without_coding_api():
              "queue_depth": 0, "batch_jobs": {}, "tasks": {}}
     text = render("127.0.0.1:9464", state)
     assert "ready" in text and "coding API" not in text and "EMULATOR" not in text
+    assert "  consumer      active" in text and "replica" not in text  # no replica role from an older daemon
+
+
+def test_status_renders_the_replica_role():
+    """Active since when (UTC) and how many takeovers; a standby says who acts instead."""
+    state = {"ready": True, "reasons": [], "broker": "connected", "consumer": "standby",
+             "replica": {"role": "standby", "active_since": None, "takeovers": 0},
+             "token": {"obtainable": True, "note": "", "age_seconds": 3.0, "requests": 1},
+             "quota": {"used": 1, "remaining": 9, "daily_quota": 10}, "last_minute": {"calls": 0, "records": 0},
+             "queue_depth": 0, "batch_jobs": {}, "tasks": {}}
+    lines = render("127.0.0.1:9464", state).splitlines()
+    assert "  consumer      standby" in lines and "  replica       standby: another replica holds the lease" in lines
+    assert not any("waiting" in line or "nothing delivered" in line for line in lines)
+    state["replica"] = {"role": "standby", "active_since": time.time() - 600, "takeovers": 1}
+    assert "  replica       standby: another replica holds the lease (was active before: 1 takeover)" in \
+        render("127.0.0.1:9464", state).splitlines()
+    now = time.time()
+    state |= {"consumer": "active", "replica": {"role": "active", "active_since": now, "takeovers": 2}}
+    since = time.strftime("%H:%M:%S", time.gmtime(now))
+    assert f"  replica       active since {since} UTC (2 takeovers)" in render("127.0.0.1:9464", state).splitlines()
+    state["replica"]["active_since"] = now - 3 * 86400  # days ago: the date too
+    day = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now - 3 * 86400))
+    assert f"  replica       active since {day} UTC (2 takeovers)" in render("127.0.0.1:9464", state).splitlines()
 
 
 async def test_readiness_reports_why_not(coderd, broker, tmp_path):

@@ -30,6 +30,7 @@ class QuotaLedger:
         self.clock = clock
         self._day, self._used = utc_day(clock()), 0
         self._spent = asyncio.Event()  # set whenever the day is seen to be used up
+        self.on_count: Callable[[str, int], None] | None = None  # told each new count (replica/sharing.py)
         self._merge_saved()
 
     def _merge_saved(self) -> None:
@@ -87,6 +88,26 @@ class QuotaLedger:
             if self.state is None:
                 raise
             raise self.state.failed(exc, "the quota ledger") from None
+        self._told()
+        if self._used >= self.daily_quota:
+            self._spent.set()
+
+    def _told(self) -> None:
+        if self.on_count is not None:
+            self.on_count(self._day, self._used)
+
+    def adopt(self, day: str, used: int) -> None:
+        """The count another replica kept (read back from the state stream): taken if it is
+        today's and higher than ours."""
+        self._merge_saved()
+        if day != self._day or used <= self._used:
+            return
+        self._used = used
+        try:
+            self._save()
+        except OSError as exc:  # known in memory; written with the next count
+            if self.state is not None:
+                self.state.failed(exc, "the quota ledger")
         if self._used >= self.daily_quota:
             self._spent.set()
 
@@ -95,6 +116,7 @@ class QuotaLedger:
         self._merge_saved()
         self._used = max(self._used, self.daily_quota)
         self._spent.set()
+        self._told()
         try:
             self._save()
         except OSError as exc:  # known in memory: this process stops calling anyway

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..api.cache import CacheKey, ResultCache
 from ..durable import fsync_dir, sync_and_close
-from .journal import Job
+from .journal import Job, Part
+from .spool import SpoolSummary
 
 CACHED_NAME = "cached.jsonl"
 CHUNK = 5000  # spooled records looked up at once
@@ -93,3 +94,36 @@ def cached_answers(path: Path) -> Iterator[tuple[int, dict]]:
         for line in source:
             entry = json.loads(line)
             yield entry["p"], entry["item"]
+
+
+def rebuild_parts(respool: Callable[[], SpoolSummary], directory: Path) -> list[Part]:
+    """The parts take_cached left, made again on another host: spool the input again
+    (`respool`, blocking), then take out the records cached.jsonl answers. Blocking IO."""
+    cached, kept = directory / CACHED_NAME, directory / (CACHED_NAME + ".kept")
+    if kept.exists() and not cached.exists():  # an earlier rebuild stopped half-way
+        os.replace(kept, cached)
+    if cached.exists():
+        os.replace(cached, kept)  # spooling removes cached.jsonl
+    summary = respool()
+    if kept.exists():
+        os.replace(kept, cached)
+    positions = {position for position, _ in cached_answers(cached)}
+    parts = []
+    for spooled in summary.parts:
+        part = Part(spooled.path.name, spooled.records, spooled.size)
+        if positions:
+            part.records = part.size = 0
+            with open(spooled.path, encoding="utf-8") as reader, \
+                    open(spooled.path.with_name(part.spool + ".kept"), "w", encoding="utf-8") as writer:
+                for line in reader:
+                    if int(json.loads(line)["recordId"]) not in positions:
+                        writer.write(line)
+                        part.records += 1
+                        part.size += len(line.encode("utf-8"))
+            os.replace(spooled.path.with_name(part.spool + ".kept"), spooled.path)
+        if part.records:
+            parts.append(part)
+        else:
+            spooled.path.unlink()
+    fsync_dir(directory)
+    return parts

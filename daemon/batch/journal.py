@@ -51,6 +51,7 @@ class Job:
     invalid: int = 0
     failure: dict | None = None  # {"code", "message"}: deliver a failed reply
     identity: str | None = None  # the request's identity (correlation_id and body digest)
+    revision: int = 0  # journal writes so far: the later of two copies of a job has the higher one
 
     @property
     def owner(self) -> str:
@@ -70,7 +71,10 @@ class Journal:
         self.state = state  # told when the journal cannot be written
 
     def directory(self, job: Job) -> Path:
-        return self.root / job.job_id
+        return self.directory_of(job.job_id)
+
+    def directory_of(self, job_id: str) -> Path:
+        return self.root / job_id
 
     def create(self, job: Job, inline_records: list | None = None, records_file: Path | None = None) -> bool:
         """Journal a new job durably, its inline records too (given as a list, or as a
@@ -93,9 +97,12 @@ class Journal:
             raise self._failed(exc) from None
         return True
 
-    def save(self, job: Job) -> None:
-        """StateNotWritable when the journal cannot be written (the step it records must wait)."""
+    def save(self, job: Job, *, keep_revision: bool = False) -> None:
+        """StateNotWritable when the journal cannot be written (the step it records must wait).
+        Each save is a new revision, but for a copy taken over as it is (keep_revision)."""
         directory = self.directory(job)
+        if not keep_revision:
+            job.revision += 1
         try:
             directory.mkdir(parents=True, exist_ok=True)
             write_atomically(directory / "job.json", json.dumps(asdict(job)), mode=0o600)
@@ -122,7 +129,10 @@ class Journal:
         return sorted(found, key=lambda j: j.created_at)
 
     def remove(self, job: Job) -> None:
-        shutil.rmtree(self.directory(job), ignore_errors=True)
+        self.remove_id(job.job_id)
+
+    def remove_id(self, job_id: str) -> None:
+        shutil.rmtree(self.directory_of(job_id), ignore_errors=True)
 
     def remove_orphans(self) -> int:
         """Directories whose job.json never got written (a crash before the first save)."""

@@ -1,13 +1,13 @@
 """The batch manager: runs journaled jobs through the API's asynchronous batch service
-(each job by runner.py), in whichever process holds `state_dir/batch.lock`; a replica
-sharing the state_dir takes over when that process dies, and resumes the jobs."""
+(each job by runner.py) while this replica is the active one (it holds the lease,
+broker/lease.py); when it stops being active its jobs are cancelled — every phase is
+journaled, and the replica that takes over resumes them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import threading
+from pathlib import Path
 
 import aiohttp
 
@@ -18,6 +18,7 @@ from ..config import Settings
 from ..lifecycle import Component
 from ..logs import get_logger
 from ..ops.supervisor import Supervisor
+from ..replica.sharing import NoSharing
 from ..request.finish import Finisher
 from ..statedir import StateDir
 from .journal import Job, Journal
@@ -31,19 +32,17 @@ log = get_logger("coderd.batch")
 class BatchManager(Component):
     def __init__(self, settings: Settings, caller: ApiCaller, catalog: ModelCatalog,
                  session: aiohttp.ClientSession, finisher: Finisher, supervisor: Supervisor, state: StateDir,
-                 cache: ResultCache | None = None) -> None:
+                 cache: ResultCache | None = None, sharing: NoSharing | None = None, *, active: bool = True) -> None:
         self.settings, self.supervisor = settings, supervisor
+        self.sharing = sharing or NoSharing()
         self.journal = Journal(settings.state_dir, state)
-        self.runner = JobRunner(settings, caller, catalog, session, finisher, self.journal, state, cache)
+        self.runner = JobRunner(settings, caller, catalog, session, finisher, self.journal, state, cache,
+                                self.sharing)
         self.running: dict[str, asyncio.Task] = {}  # strong references to job tasks
-        self._lock_fd: int | None = None
+        self.active = asyncio.Event()  # this replica runs the jobs (replica/role.py says when)
+        if active:
+            self.active.set()
         self._wake = asyncio.Event()
-
-    # --- which process runs jobs --------------------------------------------------
-
-    @property
-    def holds_lock(self) -> bool:
-        return self._lock_fd is not None
 
     async def start(self) -> None:
         self.journal.root.mkdir(parents=True, exist_ok=True)
@@ -51,48 +50,47 @@ class BatchManager(Component):
 
     async def stop(self) -> None:
         await self.supervisor.stop_task(TASK)
+        await self._cancel_jobs()
+
+    async def activate(self) -> None:
+        self.active.set()
+
+    async def deactivate(self) -> None:
+        """Another replica is (or may be) active now: stop every job here at once."""
+        self.active.clear()
+        self._wake.set()
+        await self._cancel_jobs()
+
+    async def _cancel_jobs(self) -> None:
         tasks = list(self.running.values())
         for task in tasks:
-            task.cancel()  # every phase is journaled: the next start resumes it
+            task.cancel()  # every phase is journaled: whoever runs jobs next resumes it
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     async def run(self) -> None:
-        """Supervised: take the batch lock, then run every journaled job; scan again when
-        a job is submitted, and every batch_poll_seconds for jobs journaled by a replica
-        (one that became the active consumer while this process held the lock)."""
-        if not self.holds_lock:
-            await self._take_lock()
-            self.journal.remove_orphans()
+        """Supervised: while active, run every journaled job; scan again when a job is
+        submitted, and every batch_poll_seconds."""
         while True:
-            self._wake.clear()
-            for job in self.journal.jobs():
-                self._spawn(job)
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.batch_poll_seconds)
-            except asyncio.TimeoutError:
-                pass
+            await self.active.wait()
+            self.journal.remove_orphans()
+            while self.active.is_set():
+                self._wake.clear()
+                for job in self.journal.jobs():
+                    self._spawn(job)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.settings.batch_poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
 
-    async def _take_lock(self) -> None:
-        fd = os.open(self.journal.root.parent / "batch.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("batch_standby", reason="another coderd process runs the batch jobs in this state_dir")
-            # A blocking flock returns when the holder exits. It runs in a daemon thread, not
-            # the loop's executor, so a shutdown never waits for it.
-            loop, acquired = asyncio.get_running_loop(), asyncio.Event()
-            threading.Thread(target=lambda: (fcntl.flock(fd, fcntl.LOCK_EX),
-                                             loop.call_soon_threadsafe(acquired.set)),
-                             name="batch-lock", daemon=True).start()
-            await acquired.wait()
-        self._lock_fd = fd
+    async def create(self, job: Job, inline_records: list | None = None, records_file: Path | None = None) -> None:
+        """Journal a new job (its records too) and share it; after this its request may be
+        acked. Shared again when its request comes again: the first sharing may have failed."""
+        await asyncio.to_thread(self.journal.create, job, inline_records, records_file)
+        await self.sharing.job_created(job, self.journal.directory(job))
 
     def submit(self, job: Job) -> None:
         """Run a job that has just been journaled."""
-        if self.holds_lock:
+        if self.active.is_set():
             self._spawn(job)
 
     def _spawn(self, job: Job) -> None:

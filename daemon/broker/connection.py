@@ -103,6 +103,10 @@ class BrokerLink(Component):
         self.request_queue: AbstractRobustQueue | None = None
         self.queues: dict[str, AbstractRobustQueue] = {}  # by lane
         self.reconnects = 0  # broker reconnections since start
+        # Set while connected with every channel restored (after a reconnect the robust
+        # connection restores channels one by one: a consumer may get a delivery before
+        # another channel is back).
+        self.restored = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -137,6 +141,7 @@ class BrokerLink(Component):
             await channel.declare_queue(dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"})
             self.queues[lane] = await channel.declare_queue(name, durable=True, arguments=request_queue_arguments(name))
         self.request_queue = self.queues[BULK]
+        self.restored.set()
 
     async def stop(self) -> None:
         connection, self.connection = self.connection, None
@@ -158,12 +163,14 @@ class BrokerLink(Component):
                                     arguments={"x-queue-type": "quorum"})
 
     def _on_close(self, _connection, exc: BaseException | None = None) -> None:
+        self.restored.clear()
         # One line for a cut, whatever it does to the requests in flight (each of those is
         # delivered again by the broker; their own failures are logged at debug level).
         if exc is not None and self.connection is not None:
             log.warning("broker_connection_lost", error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _on_reconnect(self, *_args) -> None:
+        self.restored.set()
         self.reconnects += 1
         log.info("broker_reconnected")
 

@@ -4,9 +4,10 @@ task that the dispatcher handles and `delivery.process` settles. Consuming pause
 the day's quota is used up or state_dir cannot be written, and at shutdown stops first:
 what is in flight gets a grace period, the rest is handed back to the queue.
 
-Both queues are single-active-consumer, and this replica always subscribes to both, bulk
-first, and cancels both together: the replica the broker makes active on one is then the
-one active on the other, so only one replica calls the API.
+Only the active replica (the lease's holder, replica/role.py) subscribes; the others
+are paused as standbys. Both queues are single-active-consumer as well, so even a
+replica that believes itself active after losing the lease is never delivered to while
+another one consumes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from ..api.limiter import CallLimiter
 from ..api.quota import QuotaLedger
 from ..config import Settings
-from ..constants import BULK, INTERACTIVE
+from ..constants import BULK, INTERACTIVE, STANDBY
 from ..lifecycle import Component
 from ..logs import get_logger
 from ..statedir import StateDir
@@ -27,6 +28,7 @@ from .connection import BrokerLink
 from .delivery import Dispatch, Requeuer, process
 
 SHUTDOWN_GRACE = 20.0  # seconds for requests in flight to get their replies at SIGTERM
+CANCEL_TIMEOUT = 10.0
 
 log = get_logger("coderd.intake")
 
@@ -59,13 +61,12 @@ class Intake(Component):
 
     @property
     def state(self) -> str:
-        """active (delivered to since subscribing), waiting (standby replica, or nothing
-        delivered yet: single active consumer gives no other sign), paused or stopped."""
+        """active (consuming), standby (another replica holds the lease), paused or stopped."""
+        if STANDBY in self._pauses:
+            return STANDBY
         if self.paused_for is not None:
             return "paused"
-        if not self.consuming:
-            return "stopped"
-        return "active" if self._delivered_since_subscribe else "waiting"
+        return "active" if self.consuming else "stopped"
 
     async def start(self) -> None:
         self.link.connection.reconnect_callbacks.add(self._on_reconnect)
@@ -130,10 +131,12 @@ class Intake(Component):
             queue = self.link.queues.get(lane)
             if queue is None:
                 continue
-            try:
-                await queue.cancel(tag)
+            connected = self.link.connected
+            try:  # the consumer is forgotten as cancel() starts (not restored on reconnect); the RPC may fail
+                await asyncio.wait_for(queue.cancel(tag), CANCEL_TIMEOUT if connected else 0.1)
             except Exception as exc:  # noqa: BLE001 - a closed channel has no consumer to cancel anyway
-                log.warning("cancel_consumer_failed", queue=self.queue_names[lane], error=str(exc))
+                if connected:
+                    log.warning("cancel_consumer_failed", queue=self.queue_names[lane], error=str(exc))
         if tags:
             log.info("stopped_consuming", queue=self.queue_names[BULK], interactive_queue=self.queue_names[INTERACTIVE])
 
@@ -147,12 +150,16 @@ class Intake(Component):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def drop_in_flight(self) -> None:
+        """Stop working on every request held (each goes back to the queue, or is already
+        void): their records leave the backlog uncoded."""
+        for task in list(self.tasks):
+            task.cancel()
+
     def _on_connection_lost(self, _connection, exc: BaseException | None = None) -> None:
-        # Every unacked delivery is void: the broker delivers it again, perhaps to another
-        # replica. Stop working on them now (their records leave the backlog uncoded).
+        # Every unacked delivery is void: the broker delivers it again, perhaps to another replica.
         if exc is not None and not self._stopping:
-            for task in list(self.tasks):
-                task.cancel()
+            self.drop_in_flight()
 
     def _on_reconnect(self, *_args) -> None:
         # Consumers are restored on a new channel: another replica may have been

@@ -40,7 +40,9 @@ async def _gateway(emulator: Emulator, request: web.Request, handler):
     if (gap := emulator.limits.too_soon(client_id)) is not None:
         emulator.stats.throttled += 1
         emulator.stats.throttled_gaps.append(round(gap, 4))
+        emulator.stats.throttled_calls.append(f"{request.method} {request.path} after {emulator.stats.last_call}")
         raise api_error(429, "Too Many Requests")
+    emulator.stats.last_call = f"{request.method} {request.path}"
     emulator.limits.count(client_id)
     emulator.stats.v1_calls += 1
     request[CLIENT_ID] = client_id

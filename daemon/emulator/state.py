@@ -25,6 +25,8 @@ class Stats:
     v1_calls: int = 0  # admitted /v1 calls (the ones that count against the quota)
     throttled: int = 0  # calls refused because they came too soon: a client's violation
     throttled_gaps: list[float] = field(default_factory=list)  # seconds after the call before
+    throttled_calls: list[str] = field(default_factory=list)  # which call came too soon after which
+    last_call: str = ""  # the last admitted call (method and path)
     quota_refused: int = 0
     coding_calls: int = 0
     records_coded: int = 0

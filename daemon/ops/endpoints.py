@@ -18,10 +18,11 @@ from ..batch.journal import PHASES, Journal
 from ..broker.connection import BrokerLink, dead_letter_queue
 from ..broker.intake import Intake
 from ..config import Settings, mask_userinfo
-from ..constants import BULK, INTERACTIVE
+from ..constants import BULK, INTERACTIVE, STANDBY
 from ..lifecycle import Component
 from ..logs import get_logger
 from ..realtime.worker import SyncWorker
+from ..replica.role import ActiveRole
 from ..statedir import StateDir
 from . import console, history, metrics
 from .listener import GuardedListener, http_connections
@@ -47,6 +48,7 @@ class DaemonView:
     # True while api_url is unset and coderd codes through its own emulator (the demo
     # default): settings.api_url is then the emulator's loopback URL.
     builtin_emulator: bool = False
+    role: ActiveRole | None = None  # None: no lease (always the active one)
 
 
 class OperatorEndpoints(Component):
@@ -122,7 +124,7 @@ class OperatorEndpoints(Component):
         if not connected:
             reasons.append("not connected to the broker")
         if consumer == "paused":  # pacing is the daemon working as meant: it does not make it unready
-            reasons += [why for cause, why in view.intake.pauses.items() if cause != "pacing"]
+            reasons += [why for cause, why in view.intake.pauses.items() if cause not in ("pacing", STANDBY)]
         elif consumer == "stopped":
             reasons.append("not consuming")
         if not token_ok:
@@ -136,6 +138,7 @@ class OperatorEndpoints(Component):
             "ready": not reasons, "reasons": reasons,
             "coding_api": self.coding_api(),
             "broker": "connected" if connected else "disconnected", "consumer": consumer,
+            "replica": self.replica(),
             "token": {"obtainable": token_ok, "note": token_note, "age_seconds": self.token_age(),
                       "requests": view.tokens.fetches},
             "quota": self.quota(),
@@ -146,6 +149,12 @@ class OperatorEndpoints(Component):
             "batch_jobs": dict(jobs),
             "tasks": view.supervisor.snapshot(),
         }
+
+    def replica(self) -> dict:
+        role = self.view.role
+        if role is None:
+            return {"role": "active", "active_since": None, "takeovers": 0}
+        return {"role": role.name, "active_since": role.since, "takeovers": role.takeovers}
 
     def quota(self) -> dict:
         """Today's budget: used, left, the even-pace line and what pacing holds back now."""
@@ -204,6 +213,7 @@ class OperatorEndpoints(Component):
         metrics.state_dir_writable.set(1 if view.state.writable else 0)
         metrics.builtin_emulator.set(1 if view.builtin_emulator else 0)
         metrics.set_consumer_state(view.intake.state)
+        metrics.replica_active.set(1 if self.replica()["role"] == "active" else 0)
         http_connections.set(len(self.listener.open) if self.listener is not None else 0)
         phases = Counter(job.phase for job in view.journal.jobs())
         for phase in PHASES:

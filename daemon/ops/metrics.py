@@ -70,8 +70,12 @@ pacing_wait = Gauge("coderd_pacing_wait_seconds", "Seconds the next partial call
                     "(0: none)", registry=REGISTRY)
 task_crashes = Counter("coderd_task_crashes", "Crashes of supervised tasks (each one is restarted), by task",
                        ["task"], registry=REGISTRY)
+replica_active = Gauge("coderd_replica_active", "1 while this replica holds the lease and acts (consumes "
+                       "requests, runs batch jobs), 0 as a standby", registry=REGISTRY)
+takeovers = Counter("coderd_takeovers", "Times this process became the active replica (took the lease)",
+                    registry=REGISTRY)
 
-CONSUMER_STATES = ("active", "waiting", "paused", "stopped")
+CONSUMER_STATES = ("active", "standby", "paused", "stopped")
 
 
 class RecentCalls:

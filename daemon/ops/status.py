@@ -6,6 +6,7 @@ import argparse
 import json
 import urllib.error
 import urllib.request
+from datetime import datetime, timezone
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +28,8 @@ def render(address: str, state: dict) -> str:
         lines.append(f"  coding API    {api.get('url')}")
     lines += [
         f"  broker        {state['broker']}",
-        f"  consumer      {state['consumer']}"
-        + ("  (standby replica, or nothing delivered yet)" if state["consumer"] == "waiting" else ""),
+        f"  consumer      {state['consumer']}",
+        *_replica(state.get("replica")),
         f"  token         {age}, {token['requests']} token request(s) by this process",
         f"  quota today   {quota['used']} used, {quota['remaining']} left of {quota['daily_quota']}",
         *_pacing(quota),
@@ -43,6 +44,23 @@ def render(address: str, state: dict) -> str:
                                       or "all running"))
     lines += [f"  why not ready: {reason}" for reason in state["reasons"]]
     return "\n".join(lines)
+
+
+def _replica(replica: dict | None) -> list[str]:
+    """Active (since when) or standby; how often this process took the lease over."""
+    if not replica:  # an older daemon
+        return []
+    count = replica.get("takeovers") or 0
+    taken = f"{count} takeover{'' if count == 1 else 's'}"
+    if replica.get("role") != "active":
+        before = f" (was active before: {taken})" if count else ""
+        return [f"  replica       standby: another replica holds the lease{before}"]
+    since = replica.get("active_since")
+    if since is None:
+        return ["  replica       active"]
+    when = datetime.fromtimestamp(since, timezone.utc)
+    shown = when.strftime("%H:%M:%S" if when.date() == datetime.now(timezone.utc).date() else "%Y-%m-%d %H:%M:%S")
+    return [f"  replica       active since {shown} UTC ({taken})"]
 
 
 def _lanes(lanes: dict) -> list[str]:

@@ -25,6 +25,7 @@ from ..realtime.files import code_input_file, code_records
 from ..realtime.backlog import BULK
 from ..realtime.job import Origin, SyncJob, pending_records
 from ..realtime.worker import SyncWorker
+from ..replica.sharing import SharingFailed
 from ..statedir import StateDir, StateNotWritable
 from .body import LARGE_BODY, SpoolArea, is_large, spool_body
 from .claimcheck import ClaimCheckError, default_output_name
@@ -75,7 +76,7 @@ class Dispatcher:
             return AckPolicy.ACK
         try:
             outcome = await self.outcome(incoming)
-        except StateNotWritable as exc:  # it could not be journaled or spooled: later, then
+        except (StateNotWritable, SharingFailed) as exc:  # it could not be journaled, spooled or shared: later
             outcome = HandBack(str(exc))
         except asyncio.CancelledError:
             raise
@@ -141,7 +142,7 @@ class Dispatcher:
         if route == "batch":
             job = new_job(incoming, request, self._suggestions(request),
                           kind="record" if request.record is not None else "records")
-            await asyncio.to_thread(self.batch.journal.create, job, raw)
+            await self.batch.create(job, raw)
             return job
         job = SyncJob(raw, request.model, Origin(incoming.lane, incoming.producer))
         pending = pending_records(job, cleaned, problems, batch_available=self.batch_available)
@@ -201,7 +202,7 @@ class Dispatcher:
             return failed_reply(request.topic, request.model, None, route.code, route.message)
         if route == "batch":
             job = new_job(incoming, request, self._suggestions(request), kind="records")
-            await asyncio.to_thread(self.batch.journal.create, job, None, records)
+            await self.batch.create(job, None, records)
             return job
         if count * MIN_RESULT_BYTES > MAX_REPLY_BYTES:  # the reply will be a claim check: the outbox must take it
             try:
@@ -233,7 +234,7 @@ class Dispatcher:
             if self.batch_available and request.mode != "sync":
                 job = new_job(incoming, request, self._suggestions(request), kind="file",
                               input_file=request.inputFile, output_file=output_name)
-                await asyncio.to_thread(self.batch.journal.create, job, None)
+                await self.batch.create(job)
                 return job
             try:
                 outcome, model = await code_input_file(  # a file: the bulk lane, whichever queue it came from
