@@ -69,16 +69,16 @@ async def test_broker_restart_mid_run_loses_nothing(coderd, broker, api):
 
 
 async def test_cut_broker_connections_lose_nothing_and_code_nothing_twice(coderd, broker):
-    """Five cuts during 1,000 requests: every request answered; a request delivered again
+    """Three cuts during 600 requests: every request answered; a request delivered again
     after its reply was confirmed is not coded or answered again, so duplicates (and extra
     API records) come only from replies in flight at a cut; each cut is one warning line."""
     async with EmulatorProcess(rate=2.0, latency=0.5) as api:
         proxy = await TcpProxy("127.0.0.1", 5672).start()
         try:
             daemon = await coderd(api, requests_per_second=2, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
-            items = [(body | {"numberOfSuggestions": i % 5}, cid) for i, (body, cid) in enumerate(requests(1000))]
+            items = [(body | {"numberOfSuggestions": i % 5}, cid) for i, (body, cid) in enumerate(requests(600))]
             await publish_all(broker, items)
-            for cut in range(5):
+            for cut in range(3):
                 await daemon.wait_for_event("request_done", count=150 * (cut + 1), timeout=60)
                 proxy.cut()
                 await daemon.wait_for_event("broker_reconnected", count=cut + 1, timeout=60)
@@ -87,12 +87,12 @@ async def test_cut_broker_connections_lose_nothing_and_code_nothing_twice(coderd
             await proxy.stop()
         duplicates = sum(counts.values()) - len(counts)
         events = [e.get("event") for e in daemon.events()]
-        assert len(counts) == 1000
+        assert len(counts) == 600
         assert duplicates < 150, duplicates  # at most what was in flight at the cuts
         # Records already coded are spent again only for calls in flight at a cut (at this rate
         # and latency, at most two calls of 200 records each).
-        assert api.stats.records_coded - 1000 <= 5 * 2 * 200
-        assert events.count("broker_connection_lost") == 5 and "request_error" not in events
+        assert api.stats.records_coded - 600 <= 3 * 2 * 200
+        assert events.count("broker_connection_lost") == 3 and "request_error" not in events
         assert "Traceback" not in daemon.log_text()
 
 
@@ -146,10 +146,10 @@ async def test_stalled_and_cut_api_connections_are_retried(coderd, broker):
 
 
 async def test_two_replicas_share_the_work_safely(coderd, broker, tmp_path):
-    async with EmulatorProcess(rate=1.0, latency=0.2) as api:
+    async with EmulatorProcess(rate=4.0, latency=0.2) as api:
         shared = tmp_path / "shared-state"
-        first = await coderd(api, state_dir=shared)
-        second = await coderd(api, state_dir=shared)
+        first = await coderd(api, state_dir=shared, requests_per_second=4)
+        second = await coderd(api, state_dir=shared, requests_per_second=4)
         items = requests(2400)
         await publish_all(broker, items)
 

@@ -148,3 +148,33 @@ async def test_a_replica_on_another_host_takes_over_the_state_written_by_the_act
     for stream in (writer_stream, reader):
         await stream.stop()
     await sharing.stop()
+
+
+async def test_entries_appended_while_reading_back_do_not_cost_the_connection(links, prefix):
+    """A stream answers basic.reject by closing the connection: reading back must never
+    leave deliveries to be rejected, even when entries keep coming after its marker."""
+    writer = StateStream(await links(), f"{prefix}.requests")
+    reader_link = await links()
+    reader = StateStream(reader_link, f"{prefix}.requests")
+    for stream in (writer, reader):
+        await stream.start()
+    for day in range(500):
+        await writer.append("quota", json.dumps({"day": str(day), "used": day}).encode())
+
+    async def keep_appending():
+        for used in range(10_000):
+            await writer.append("quota", json.dumps({"day": "later", "used": used}).encode())
+
+    appending = asyncio.ensure_future(keep_appending())
+    try:
+        for _ in range(3):
+            seen = []
+            await reader.read(lambda kind, headers, body, offset: seen.append(json.loads(body)["day"]))
+            assert seen[:500] == [str(day) for day in range(500)]
+        await asyncio.sleep(1)  # a connection closed by the broker would be noticed by now
+        assert reader_link.connected and reader_link.reconnects == 0
+    finally:
+        appending.cancel()
+        await asyncio.gather(appending, return_exceptions=True)
+        for stream in (writer, reader):
+            await stream.stop()

@@ -58,7 +58,7 @@ async def test_a_standby_on_another_host_finishes_a_batch_job_with_its_operation
         [(_, warm)] = await broker.replies(1)
         assert warm["route"] == "sync"
         records = texts(400, "new") + known
-        api.faults.transfer_delay = 2.0 if phase in ("uploading", "downloading") else 0.0
+        api.faults.transfer_delay = 1.0 if phase in ("uploading", "downloading") else 0.0
         await broker.publish({"topic": "anzsco", "records": records}, correlation_id="job")
         await wait_for(lambda: any(e.get("phase") == phase for e in events(active, "batch_phase")), what=phase)
         await active.kill()

@@ -15,7 +15,7 @@ import uuid
 from typing import Callable
 
 import aio_pika
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
+from aio_pika.abc import AbstractRobustChannel
 
 from ..lifecycle import Component
 from .connection import BrokerLink
@@ -42,20 +42,15 @@ class StateStream(Component):
     def __init__(self, link: BrokerLink, request_queue: str) -> None:
         self.link, self.name = link, state_stream(request_queue)
         self._publish: AbstractRobustChannel | None = None
-        self._read: AbstractRobustChannel | None = None
-        self._queue: AbstractRobustQueue | None = None
 
     async def start(self) -> None:
         self._publish = await self.link.connection.channel(publisher_confirms=True)
-        self._read = await self.link.connection.channel()
-        await self._read.set_qos(prefetch_count=READ_PREFETCH)  # a stream consumer must set one
-        self._queue = await self._read.declare_queue(self.name, durable=True, arguments=state_stream_arguments())
+        await self._publish.declare_queue(self.name, durable=True, arguments=state_stream_arguments())
 
     async def stop(self) -> None:
-        for channel in (self._publish, self._read):
-            if channel is not None and not channel.is_closed:
-                await channel.close()
-        self._publish = self._read = self._queue = None
+        if self._publish is not None and not self._publish.is_closed:
+            await self._publish.close()
+        self._publish = None
 
     async def append(self, kind: str, body: bytes = b"", **headers) -> None:
         """Append one entry; returns once the broker has it (replicated to a quorum of nodes)."""
@@ -68,15 +63,19 @@ class StateStream(Component):
         await self.link.restored.wait()
         marker = uuid.uuid4().hex
         await self.append(MARKER, id=marker)
-        # A plain consumer, not queue.iterator(): closing an iterator rejects what it has
-        # buffered, and a stream answers basic.reject by closing the connection.
-        entries: asyncio.Queue = asyncio.Queue()
-
-        async def take(message) -> None:
-            entries.put_nowait(message)
-
-        tag = await self._queue.consume(take, arguments={"x-stream-offset": offset})
+        # A channel of its own, closed at the end, not a consumer cancelled: deliveries still
+        # on their way to a cancelled consumer are rejected by the client, and a stream
+        # answers basic.reject by closing the whole connection.
+        channel = await self.link.connection.channel()
         try:
+            await channel.set_qos(prefetch_count=READ_PREFETCH)  # a stream consumer must set one
+            queue = await channel.declare_queue(self.name, durable=True, arguments=state_stream_arguments())
+            entries: asyncio.Queue = asyncio.Queue()
+
+            async def take(message) -> None:
+                entries.put_nowait(message)
+
+            await queue.consume(take, arguments={"x-stream-offset": offset})
             while True:
                 message = await asyncio.wait_for(entries.get(), READ_TIMEOUT)
                 headers = dict(message.headers or {})
@@ -88,8 +87,8 @@ class StateStream(Component):
                     continue
                 handler(kind, headers, message.body, int(headers.get("x-stream-offset", -1)))
         finally:
-            with contextlib.suppress(Exception):  # a closed channel has no consumer left anyway
-                await asyncio.wait_for(self._queue.cancel(tag), 5)
+            with contextlib.suppress(Exception):  # a channel already closed has no consumer left
+                await asyncio.wait_for(channel.close(), 5)
 
 
 def text(value) -> str:
