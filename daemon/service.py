@@ -154,7 +154,7 @@ class Daemon:
             core = build_core(settings, secret, session, publisher, supervisor, sharing, standby=True)
             intake = Intake(settings, link, core.dispatcher.handle, publisher, core.limiter)
             await intake.pause(STANDBY, STANDBY_REASON)  # until this replica holds the lease
-            lease = Lease(link, settings.request_queue)
+            lease = Lease(link, settings.request_queue, supervisor)
             role = ActiveRole(lease, stream, sharing, intake, core.batch, core.ledger, core.limiter, supervisor)
             endpoints = OperatorEndpoints(*settings.http_host_port, DaemonView(
                 settings, link, intake, core.tokens, core.ledger, core.limiter, core.batch.journal, supervisor,

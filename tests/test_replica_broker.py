@@ -64,10 +64,11 @@ async def held_by(leases: list[Lease], timeout: float = 15) -> Lease:
 async def test_one_replica_holds_the_lease_and_it_passes_on_when_its_connection_goes(links, prefix):
     proxy = await TcpProxy("127.0.0.1", 5672).start()
     try:
-        first = Lease(await links(f"amqp://guest:guest@127.0.0.1:{proxy.port}/"), f"{prefix}.requests")
+        first = Lease(await links(f"amqp://guest:guest@127.0.0.1:{proxy.port}/"), f"{prefix}.requests",
+                      Supervisor())
         await first.start()
         assert (await held_by([first])) is first
-        others = [Lease(await links(), f"{prefix}.requests") for _ in range(2)]
+        others = [Lease(await links(), f"{prefix}.requests", Supervisor()) for _ in range(2)]
         for lease in others:
             await lease.start()
         await asyncio.sleep(0.5)
@@ -86,7 +87,8 @@ async def test_one_replica_holds_the_lease_and_it_passes_on_when_its_connection_
 
 async def test_the_lease_is_renewed_before_the_consumer_timeout_and_never_multiplied(links, prefix):
     link = await links()
-    leases = [Lease(link, f"{prefix}.requests", renew_every=0.2), Lease(await links(), f"{prefix}.requests")]
+    leases = [Lease(link, f"{prefix}.requests", Supervisor(), renew_every=0.2),
+              Lease(await links(), f"{prefix}.requests", Supervisor())]
     for lease in leases:  # two replicas starting together may each publish a lease
         await lease.start()
     holder = await held_by(leases)

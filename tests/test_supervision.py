@@ -19,11 +19,14 @@ from test_endpoints import samples
 from daemon.backoff import Backoff
 from daemon.batch.manager import BatchManager
 from daemon.broker.intake import Intake
+from daemon.broker.lease import Lease
 from daemon.config import Settings
 from daemon.emulator import EmulatorServer
 from daemon.ops.sdnotify import SystemdNotifier
 from daemon.realtime import calls as calls_module
 from daemon.realtime.worker import SyncWorker
+from daemon.replica.role import ActiveRole
+from daemon.replica.sharing import StreamSharing
 from daemon.service import Daemon
 from daemon.statedir import StateDir
 
@@ -84,6 +87,9 @@ def notify_socket(tmp_path, monkeypatch):
     ("sd-watchdog", SystemdNotifier, "watchdog"),
     ("state-dir-pause", Intake, "follow_state_dir"),
     ("state-dir-probe", StateDir, "watch"),
+    ("active-role", ActiveRole, "run"),
+    ("quota-sharing", StreamSharing, "_share_quota"),
+    ("lease-renewal", Lease, "_renew"),
 ])
 async def test_a_killed_task_is_restarted_and_reported_meanwhile(broker, tmp_path, monkeypatch, notify_socket,
                                                                  task, cls, method):

@@ -22,9 +22,11 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 
 from ..lifecycle import Component
 from ..logs import get_logger
+from ..ops.supervisor import Supervisor
 from .connection import BrokerLink
 
 LEASE_RENEWAL = 600.0  # seconds: well under the broker's default consumer_timeout
+RENEWAL_TASK = "lease-renewal"
 
 log = get_logger("coderd.lease")
 
@@ -38,15 +40,16 @@ def lease_queue_arguments() -> dict:
 
 
 class Lease(Component):
-    def __init__(self, link: BrokerLink, request_queue: str, *, renew_every: float = LEASE_RENEWAL) -> None:
+    def __init__(self, link: BrokerLink, request_queue: str, supervisor: Supervisor, *,
+                 renew_every: float = LEASE_RENEWAL) -> None:
         self.link, self.name, self.renew_every = link, lease_queue(request_queue), renew_every
+        self.supervisor = supervisor
         self.held = asyncio.Event()  # set while this replica is the active one
         self.lost = asyncio.Event()  # set while it is not
         self.lost.set()
         self._message: AbstractIncomingMessage | None = None
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractRobustQueue | None = None
-        self._renewing: asyncio.Task | None = None
 
     @property
     def holding(self) -> bool:
@@ -61,12 +64,10 @@ class Lease(Component):
             await self._publish()  # nobody holds one and none waits: the first replica makes it
         self.link.connection.close_callbacks.add(self._on_connection_lost)
         await self._queue.consume(self._on_lease)
-        self._renewing = asyncio.get_running_loop().create_task(self._renew(), name="lease-renewal")
+        self.supervisor.start_task(RENEWAL_TASK, self._renew)
 
     async def stop(self) -> None:
-        if self._renewing is not None:
-            self._renewing.cancel()
-            await asyncio.gather(self._renewing, return_exceptions=True)
+        await self.supervisor.stop_task(RENEWAL_TASK)
         self._give_up("stopping")
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()  # the lease goes back to the queue, to the next replica
@@ -94,6 +95,7 @@ class Lease(Component):
             self.lost.set()
 
     async def _renew(self) -> None:
+        """Supervised: renew the lease while this replica holds it."""
         while True:
             await asyncio.sleep(self.renew_every)
             message = self._message
