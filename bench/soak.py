@@ -66,6 +66,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from proxy import TcpProxy  # noqa: E402 - the fault tests' proxy, shared
+
 BROKER_HOST, BROKER_PORT = "127.0.0.1", 5672
 AMQP_URL = f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/"
 CLIENT_ID, CLIENT_SECRET = "client1", "secret123"  # the emulator's defaults (the guide's)
@@ -77,72 +80,6 @@ API_FAULTS = {"api_500", "api_stall", "api_429"}
 # delay drawn from [d/2, d]): 0.5 + 1 + 2 + 4 + 8 s. An upstream_error after fewer seconds of
 # API faults than this means the daemon gave up sooner than its retry policy says.
 MIN_RETRY_SECONDS = 15.5
-
-
-# --- the TCP proxy (after tests/proxy.py; it also knows its upstream ports) --------------
-
-class TcpProxy:
-    """A loopback TCP proxy to the broker that can drop every connection at once."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self.connections = 0
-        self._server: asyncio.base_events.Server | None = None
-        self._pipes: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-
-    async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-
-    def cut(self) -> int:
-        """Drop every open connection at once (new ones are still accepted)."""
-        pipes = list(self._pipes)
-        for client, upstream in pipes:
-            for writer in (client, upstream):
-                with contextlib.suppress(Exception):
-                    writer.transport.abort()
-        self._pipes.clear()
-        return len(pipes)
-
-    def upstream_ports(self) -> set[int]:
-        """Local ports of the proxy's connections to the broker (the broker's peer_port)."""
-        ports = set()
-        for _, upstream in list(self._pipes):
-            with contextlib.suppress(Exception):
-                ports.add(upstream.get_extra_info("sockname")[1])
-        return ports
-
-    async def _accept(self, client_reader, client_writer) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            client_writer.transport.abort()
-            return
-        self.connections += 1
-        pipe = (client_writer, up_writer)
-        self._pipes.add(pipe)
-        await asyncio.gather(self._pump(client_reader, up_writer), self._pump(up_reader, client_writer),
-                             return_exceptions=True)
-        self._pipes.discard(pipe)
-        for writer in pipe:
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.transport.abort()
 
 
 # --- processes and logs ----------------------------------------------------------------
@@ -966,7 +903,7 @@ class Soak:
             await stop_process(self.emulator, 15)
         if self.proxy is not None:
             with contextlib.suppress(Exception):
-                await self.proxy.stop()
+                await asyncio.wait_for(self.proxy.stop(), 5)
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.connection.close(), 10)

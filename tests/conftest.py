@@ -1,8 +1,10 @@
-"""Shared fixtures: the emulator on a loopback port, and a small client for it."""
+"""Shared fixtures: the emulator on a loopback port, a small client for it, the broker,
+`coderd run` processes, and small tmpfs mounts for the disk-fault tests."""
 
 from __future__ import annotations
 
 import base64
+import subprocess
 
 import aiohttp
 import pytest
@@ -136,3 +138,23 @@ def quiet_logs():
     configure_logging("json", level="warning", stream=buffer)
     yield buffer
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs at tmp_path / name: `tmpfs(name, "size=2m")`. Mounting needs root,
+    so the test is skipped elsewhere; every mount is lazily unmounted at the end of the test."""
+    mounted = []
+
+    def mount(name: str, options: str):
+        directory = tmp_path / name
+        directory.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in mounted:
+        subprocess.run(["umount", "-l", str(directory)], check=False)

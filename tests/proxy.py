@@ -27,13 +27,24 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
 
-    def cut(self) -> None:
-        """Drop every open connection at once (new ones are still accepted)."""
-        for client, upstream in list(self._pipes):
+    def cut(self) -> int:
+        """Drop every open connection at once (new ones are still accepted); returns how many."""
+        pipes = list(self._pipes)
+        for client, upstream in pipes:
             for writer in (client, upstream):
                 with contextlib.suppress(Exception):
                     writer.transport.abort()
         self._pipes.clear()
+        return len(pipes)
+
+    def upstream_ports(self) -> set[int]:
+        """Local ports of the proxy's connections to the broker (the broker's peer_port),
+        so that a caller can tell its connections apart in `rabbitmqctl list_connections`."""
+        ports = set()
+        for _, upstream in list(self._pipes):
+            with contextlib.suppress(Exception):
+                ports.add(upstream.get_extra_info("sockname")[1])
+        return ports
 
     def stall(self) -> None:
         """Keep connections open but pass no more bytes, either way."""

@@ -4,7 +4,6 @@ before the first call), with the whole daemon in-process against the real broker
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import aiohttp
 import pytest
@@ -15,15 +14,9 @@ from daemon.emulator import EmulatorServer
 
 
 @pytest.fixture
-def small_state_dir(tmp_path):
+def small_state_dir(tmpfs):
     """state_dir on a 2 MB tmpfs (mounting needs root: skipped elsewhere)."""
-    state = tmp_path / "state"
-    state.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(state)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
-    yield state
-    subprocess.run(["umount", "-l", str(state)], check=False)
+    return tmpfs("state", "size=2m")
 
 
 def fill(directory) -> None:

@@ -128,15 +128,9 @@ async def test_an_output_of_another_request_is_never_replaced(make_emulator, tmp
 
 
 @pytest.fixture
-def read_only_outbox(tmp_path):
+def read_only_outbox(tmpfs):
     """The outbox as a read-only tmpfs (needs root to mount; skipped elsewhere)."""
-    outbox = tmp_path / "outbox"
-    outbox.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(outbox)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({done.stderr.decode().strip()}): needs root")
-    yield outbox
-    subprocess.run(["umount", "-l", str(outbox)], check=False)
+    return tmpfs("outbox", "ro,size=1m")
 
 
 async def test_a_read_only_outbox_fails_file_requests_before_any_call(make_emulator, tmp_path, read_only_outbox):
@@ -149,29 +143,23 @@ async def test_a_read_only_outbox_fails_file_requests_before_any_call(make_emula
 
 
 async def test_a_batch_job_whose_outbox_turns_read_only_retries_then_fails_clearly(make_emulator, tmp_path,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, tmpfs):
     from daemon.backoff import Backoff
     from daemon.batch import runner
 
     monkeypatch.setattr(runner, "OUTPUT_PATIENCE", 1.0)
     monkeypatch.setattr(runner, "OUTPUT_BACKOFF", Backoff(base=0.1, cap=0.2))
-    outbox = tmp_path / "outbox"
-    outbox.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(outbox)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here: needs root")
-    try:
-        api = await make_emulator(processing_seconds=0.5)
-        async with running_core(api.url, tmp_path, tier="partner") as core:
-            jsonl(core.settings.inbox_dir / "a.jsonl", 5)
-            message = await core.deliver({"topic": "anzsco", "inputFile": "a.jsonl"})
-            assert message.settled == ["ack"]  # journaled
-            subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
-            for _ in range(200):
-                if core.publisher.for_id(message.correlation_id):
-                    break
-                await asyncio_sleep(0.05)
-            reply = core.reply(message)
-    finally:
-        subprocess.run(["umount", "-l", str(outbox)], check=False)
+    outbox = tmpfs("outbox", "size=1m")
+    api = await make_emulator(processing_seconds=0.5)
+    async with running_core(api.url, tmp_path, tier="partner") as core:
+        jsonl(core.settings.inbox_dir / "a.jsonl", 5)
+        message = await core.deliver({"topic": "anzsco", "inputFile": "a.jsonl"})
+        assert message.settled == ["ack"]  # journaled
+        subprocess.run(["mount", "-o", "remount,ro", str(outbox)], check=True)
+        for _ in range(200):
+            if core.publisher.for_id(message.correlation_id):
+                break
+            await asyncio_sleep(0.05)
+        reply = core.reply(message)
     assert reply["status"] == "failed" and reply["error"]["code"] == "output_not_writable"
     assert api.stats.operations_created == 1

@@ -24,7 +24,7 @@ from ..lifecycle import Component
 from ..logs import get_logger
 from ..ops import metrics
 from ..ops.supervisor import Supervisor
-from ..store import Database
+from ..store import Database, write_in_batches
 
 TASK = "result-cache"
 TOUCH_AFTER = 3600.0  # a hit refreshes its entry's last use at most this often (fewer writes)
@@ -112,15 +112,7 @@ class ResultCache(Component):
 
     async def keep(self) -> None:
         """Supervised: write stored answers in batches, evict beyond the bound, purge stale."""
-        last_purge = 0.0
-        while True:
-            await self._write.wait()
-            self._write.clear()
-            await self._flush()
-            if self.clock() - last_purge > 3600:
-                last_purge = self.clock()
-                await self._evict(purge=True)
-            await asyncio.sleep(0.2)  # gather a batch
+        await write_in_batches(self._write, self._flush, lambda: self._evict(purge=True), self.clock)
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, {}

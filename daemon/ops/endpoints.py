@@ -30,6 +30,18 @@ from .supervisor import Supervisor
 
 log = get_logger("coderd.http")
 
+# The quota gauges, each with its key in OperatorEndpoints.quota(). The pacing keys are
+# there only while a pacer runs; without one, their gauges are left as they are.
+QUOTA_GAUGES = (
+    (metrics.quota_used, "used"),
+    (metrics.quota_remaining, "remaining"),
+    (metrics.quota_daily, "daily_quota"),
+    (metrics.quota_pace, "pace_calls_per_hour"),
+    (metrics.quota_even_remaining, "even_pace_remaining"),
+    (metrics.quota_burst_tokens, "tokens"),
+    (metrics.pacing_wait, "pacing_wait_seconds"),
+)
+
 
 @dataclass
 class DaemonView:
@@ -192,18 +204,13 @@ class OperatorEndpoints(Component):
     async def metrics(self, request: web.Request) -> web.Response:
         view = self.view
         quota = self.quota()
-        metrics.quota_used.set(quota["used"])
-        metrics.quota_remaining.set(quota["remaining"])
-        if "pace_calls_per_hour" in quota:
-            metrics.quota_pace.set(quota["pace_calls_per_hour"])
-            metrics.quota_even_remaining.set(quota["even_pace_remaining"])
-            metrics.quota_burst_tokens.set(quota["tokens"])
-            metrics.pacing_wait.set(quota["pacing_wait_seconds"])
+        for gauge, key in QUOTA_GAUGES:
+            if key in quota:
+                gauge.set(quota[key])
         age = self.token_age()
         metrics.token_age.set(-1 if age is None else age)
         metrics.token_requests.set(view.tokens.fetches)
         metrics.throttle_wait.set(view.limiter.waited)
-        metrics.quota_daily.set(quota["daily_quota"])
         metrics.token_obtainable.set(1 if view.tokens.obtainable()[0] else 0)
         for lane, figures in (await self.lanes()).items():
             metrics.dead_letter_depth.labels(lane).set(await view.link.queue_depth(dead_letter_queue(figures["queue"])))

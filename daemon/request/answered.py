@@ -18,7 +18,7 @@ from pathlib import Path
 from ..lifecycle import Component
 from ..logs import get_logger
 from ..ops.supervisor import Supervisor
-from ..store import Database
+from ..store import Database, write_in_batches
 
 KEEP_SECONDS = 86400.0
 RECENT = 100_000  # identities also kept in memory (the cut's redeliveries come at once)
@@ -74,16 +74,12 @@ class AnsweredLog(Component):
 
     async def keep(self) -> None:
         """Supervised: write recorded identities in batches, and forget old ones hourly."""
-        last_purge = 0.0
-        while True:
-            await self._flush.wait()
-            self._flush.clear()
-            await self._write()
-            if time.time() - last_purge > 3600:
-                last_purge = time.time()
-                await asyncio.to_thread(self.db.run, lambda c: c.execute(
-                    "DELETE FROM answered WHERE at < ?", (time.time() - KEEP_SECONDS,)))
-            await asyncio.sleep(0.2)  # gather a batch
+        await write_in_batches(self._flush, self._write, self._forget_old)
+
+    async def _forget_old(self) -> None:
+        # Not guarded: a failed purge ends the task, and the supervisor restarts it.
+        await asyncio.to_thread(self.db.run, lambda c: c.execute(
+            "DELETE FROM answered WHERE at < ?", (time.time() - KEEP_SECONDS,)))
 
     async def _write(self) -> None:
         batch, self._pending = self._pending, []

@@ -27,7 +27,7 @@ from ..realtime.job import Origin, SyncJob, pending_records
 from ..realtime.worker import SyncWorker
 from ..replica.sharing import SharingFailed
 from ..statedir import StateDir, StateNotWritable
-from .body import LARGE_BODY, SpoolArea, is_large, spool_body
+from .body import LARGE_BODY, SpoolArea, SpooledBody, is_large, spool_body
 from .claimcheck import ClaimCheckError, default_output_name
 from .cleaning import clean, clean_records, record_problem
 from .finish import Finisher, ReplyNotConfirmed, ResultsFile
@@ -114,10 +114,18 @@ class Dispatcher:
             request = parse_request(incoming.body)
         except InvalidMessage as exc:
             return failed_reply(None, None, None, "invalid_message", str(exc), exc.details)
+        return await self._serve(request, incoming)
+
+    async def _serve(self, request: CodeRequest, incoming: Incoming, spooled: SpooledBody | None = None,
+                     longest_record: int = 0) -> Outcome:
+        """A parsed request, from a small body or a spooled one: refused, or coded from its
+        inputFile, its spooled `records`, or inline (a small body, or a spooled single `record`)."""
         if (refusal := await self._refusal(request)) is not None:
             return refusal
         if request.inputFile is not None:
             return await self._file(request, incoming)
+        if spooled is not None and spooled.records is not None:
+            return await self._spooled_records(request, incoming, spooled.records, spooled.count, longest_record)
         return await self._inline(request, incoming)
 
     async def _refusal(self, request: CodeRequest) -> dict | None:
@@ -174,25 +182,20 @@ class Dispatcher:
         keep = False
         try:
             try:
-                try:
-                    spooled = await asyncio.to_thread(spool_body, incoming.body, incoming.content_encoding,
-                                                      directory, measure)
-                except OSError as exc:
-                    raise self.state.failed(exc, "a large request's spool") from None
+                spooled = await asyncio.to_thread(spool_body, incoming.body, incoming.content_encoding,
+                                                  directory, measure)
                 request = request_from_members(spooled.fields, spooled.count if spooled.records else None)
             except InvalidMessage as exc:
                 return failed_reply(None, None, None, "invalid_message", str(exc), exc.details)
-            if (refusal := await self._refusal(request)) is not None:
-                return refusal
-            if request.inputFile is not None:
-                return await self._file(request, incoming)
-            if spooled.records is None:  # one `record`: small once decoded
-                return await self._inline(request, incoming)
-            outcome = await self._spooled_records(request, incoming, spooled.records, spooled.count, longest_seen[0])
+            except OSError as exc:  # from writing the spool (validating the members touches no file)
+                raise self.state.failed(exc, "a large request's spool") from None
+            outcome = await self._serve(request, incoming, spooled, longest_seen[0])
+            # Only coding the spooled records yields a ResultsFile (in this directory):
+            # handle() removes it once its reply is sent.
             keep = isinstance(outcome, dict) and isinstance(outcome.get("records"), ResultsFile)
             return outcome
         finally:
-            if not keep:  # a ResultsFile is removed once its reply is sent
+            if not keep:
                 await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def _spooled_records(self, request: CodeRequest, incoming: Incoming, records: Path, count: int,
