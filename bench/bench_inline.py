@@ -48,13 +48,14 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+
+from running import LogTail, delete_queues, free_port, percentile, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -170,12 +171,6 @@ def poller_main(health_url: str, stats_url: str, out_path: str) -> int:
 
 # --- processes and the daemon's log -------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM, ... of a process, in bytes."""
     values = {}
@@ -187,59 +182,9 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
-class LogTail:
-    """The daemon's JSON log, read incrementally."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.events, self._partial = path, 0, [], b""
-
-    def poll(self) -> list[dict]:
-        if not self.path.exists():
-            return self.events
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            chunk = handle.read()
-        self.offset += len(chunk)
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "unparsed", "line": line.decode("utf-8", "replace")[:300]}
-            event["_seen"] = time.monotonic()
-            self.events.append(event)
-        return self.events
-
-    def find(self, name: str, **fields) -> dict | None:
-        for event in self.poll():
-            if event.get("event") == name and all(event.get(k) == v for k, v in fields.items()):
-                return event
-        return None
-
-    def tail_text(self, lines: int = 40) -> str:
-        text = self.path.read_text(errors="replace") if self.path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
 async def start_process(argv: list[str], cwd: Path = ROOT, **kwargs) -> asyncio.subprocess.Process:
     # A session of its own: a Ctrl-C reaches only the benchmark, which stops them in order.
     return await asyncio.create_subprocess_exec(*argv, cwd=str(cwd), start_new_session=True, **kwargs)
-
-
-async def stop_process(process: asyncio.subprocess.Process | None, grace: float) -> None:
-    if process is None or process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), grace)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
 
 
 async def wait_for_event(log: LogTail, daemon: asyncio.subprocess.Process, name: str, timeout: float) -> dict:
@@ -259,12 +204,6 @@ def log_moment(event: dict) -> float:
     """A log event's time, as a Unix time."""
     from datetime import datetime
     return datetime.fromisoformat(event["timestamp"]).timestamp()
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[max(0, math.ceil(len(sorted_values) * fraction) - 1)]
 
 
 def loop_figures(poll: dict, published: float, attempt_ends: list[float], replied: float | None,
@@ -512,7 +451,7 @@ async def run(args: argparse.Namespace) -> dict:
             await stop_process(daemon, 30)
         with contextlib.suppress(Exception):
             await stop_process(emulator, 10)
-        await delete_queues([request_queue, f"{request_queue}.dead", reply_queue, default_reply_queue])
+        await delete_queues(AMQP_URL, [request_queue, f"{request_queue}.dead", reply_queue, default_reply_queue])
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -569,23 +508,6 @@ def describe_reply(message, outbox: Path) -> dict:
     else:
         info["carries"] = "neither records nor output"
     return info
-
-
-async def delete_queues(names: list[str]) -> None:
-    import aio_pika
-    try:
-        connection = await aio_pika.connect(AMQP_URL)
-    except Exception:  # noqa: BLE001 - no broker: nothing to clean
-        return
-    try:
-        for name in names:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(name)
-            with contextlib.suppress(Exception):
-                await channel.close()
-    finally:
-        await connection.close()
 
 
 def report(result: dict) -> str:

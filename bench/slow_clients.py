@@ -25,7 +25,6 @@ import collections
 import json
 import os
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,15 +35,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import ROOT, Broker, EmulatorProcess, daemon_env, unique_prefix  # noqa: E402
+from running import free_port  # noqa: E402
 
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\n\r\n"
 RECORD = {"occp_text": "truck driver", "tasks_text": "delivering freight"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Stats:

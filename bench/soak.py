@@ -54,7 +54,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from proxy import TcpProxy  # noqa: E402 - the fault tests' proxy, shared
+from running import LogTail, delete_queues, free_port, percentile, stop_process  # noqa: E402
 
 BROKER_HOST, BROKER_PORT = "127.0.0.1", 5672
 AMQP_URL = f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/"
@@ -84,12 +84,6 @@ MIN_RETRY_SECONDS = 15.5
 
 # --- processes and logs ----------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _die_with_parent() -> None:  # runs in the child, before exec
     with contextlib.suppress(Exception):
         import ctypes
@@ -103,69 +97,6 @@ async def start_process(argv: list[str], log_path: Path, env: dict | None = None
         return await asyncio.create_subprocess_exec(
             *argv, cwd=str(ROOT), env=env, stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True, preexec_fn=_die_with_parent)
-
-
-async def stop_process(process: asyncio.subprocess.Process | None, grace: float) -> int | None:
-    if process is None:
-        return None
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-    return process.returncode
-
-
-class LogTail:
-    """The daemon's JSON log (one object a line), read incrementally; other lines kept as
-    `unparsed` events."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.events, self._partial = path, 0, [], b""
-
-    def poll(self) -> list[dict]:
-        if not self.path.exists():
-            return self.events
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            chunk = handle.read()
-        self.offset += len(chunk)
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = None
-            if not isinstance(event, dict):
-                event = {"event": "unparsed", "line": line.decode("utf-8", "replace")[:500]}
-            self.events.append(event)
-        return self.events
-
-    def count(self, name: str) -> int:
-        return sum(e.get("event") == name for e in self.poll())
-
-    def last(self, name: str) -> dict | None:
-        for event in reversed(self.poll()):
-            if event.get("event") == name:
-                return event
-        return None
-
-    def tail_text(self, lines: int = 15) -> str:
-        text = self.path.read_text(errors="replace") if self.path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float | None:
-    if not sorted_values:
-        return None
-    return sorted_values[max(0, math.ceil(len(sorted_values) * fraction) - 1)]
 
 
 def hms(wall: float) -> str:
@@ -907,7 +838,7 @@ class Soak:
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.connection.close(), 10)
-        await delete_queues([self.request_queue, self.dead_queue, self.reply_queue, self.default_reply_queue])
+        await delete_queues(AMQP_URL, [self.request_queue, self.dead_queue, self.reply_queue, self.default_reply_queue])
         with contextlib.suppress(OSError):
             (self.state / "soak-filler").unlink()
         if self.args.keep_state:
@@ -945,23 +876,6 @@ def fill(path: Path) -> int:
     except OSError:
         pass
     return written
-
-
-async def delete_queues(names: list[str]) -> None:
-    import aio_pika
-    try:
-        connection = await aio_pika.connect(AMQP_URL, timeout=15)
-    except Exception:  # noqa: BLE001 - no broker: nothing to clean
-        return
-    try:
-        for name in names:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(name)
-            with contextlib.suppress(Exception):
-                await channel.close()
-    finally:
-        await connection.close()
 
 
 # --- the summary -------------------------------------------------------------------------
