@@ -131,7 +131,7 @@ class Intake(Component):
             queue = self.link.queues.get(lane)
             if queue is None:
                 continue
-            connected = self.link.connected
+            connected = self.link.restored.is_set()  # cleared as soon as a cut is seen
             try:  # the consumer is forgotten as cancel() starts (not restored on reconnect); the RPC may fail
                 await asyncio.wait_for(queue.cancel(tag), CANCEL_TIMEOUT if connected else 0.1)
             except Exception as exc:  # noqa: BLE001 - a closed channel has no consumer to cancel anyway

@@ -68,7 +68,7 @@ class Lease(Component):
 
     async def stop(self) -> None:
         await self.supervisor.stop_task(RENEWAL_TASK)
-        self._give_up("stopping")
+        self._give_up("stopping", log.info)
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()  # the lease goes back to the queue, to the next replica
 
