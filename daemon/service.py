@@ -152,7 +152,7 @@ class Daemon:
             stream = StateStream(link, settings.request_queue)
             sharing = StreamSharing(stream, supervisor)
             core = build_core(settings, secret, session, publisher, supervisor, sharing, standby=True)
-            intake = Intake(settings, link, core.dispatcher.handle, publisher, core.limiter)
+            intake = Intake(settings, link, core.dispatcher.handle, publisher)
             await intake.pause(STANDBY, STANDBY_REASON)  # until this replica holds the lease
             lease = Lease(link, settings.request_queue, supervisor)
             role = ActiveRole(lease, stream, sharing, intake, core.batch, core.ledger, core.limiter, supervisor)

@@ -17,7 +17,6 @@ from functools import partial
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from ..api.limiter import CallLimiter
 from ..api.quota import QuotaLedger
 from ..config import Settings
 from ..constants import BULK, INTERACTIVE, STANDBY
@@ -34,15 +33,12 @@ log = get_logger("coderd.intake")
 
 
 class Intake(Component):
-    def __init__(self, settings: Settings, link: BrokerLink, dispatch: Dispatch, requeuer: Requeuer,
-                 limiter: CallLimiter) -> None:
+    def __init__(self, settings: Settings, link: BrokerLink, dispatch: Dispatch, requeuer: Requeuer) -> None:
         self.settings, self.link, self.dispatch, self.requeuer = settings, link, dispatch, requeuer
-        self.limiter = limiter
         self.queue_names = {BULK: settings.request_queue, INTERACTIVE: settings.interactive_queue}
         self.tasks: set[asyncio.Task] = set()  # strong references to message handlers
         self._pauses: dict[str, str] = {}  # why consuming is paused: {cause: reason}
         self._tags: dict[str, str] = {}  # consumer tags, by lane
-        self._delivered_since_subscribe = False
         self._stopping = False
 
     @property
@@ -69,7 +65,6 @@ class Intake(Component):
         return "active" if self.consuming else "stopped"
 
     async def start(self) -> None:
-        self.link.connection.reconnect_callbacks.add(self._on_reconnect)
         self.link.connection.close_callbacks.add(self._on_connection_lost)
         if self.paused_for is None:
             await self._subscribe()
@@ -120,8 +115,7 @@ class Intake(Component):
     async def _subscribe(self) -> None:
         if self._tags:
             return
-        self._delivered_since_subscribe = False
-        for lane in (BULK, INTERACTIVE):  # always in this order (see the module's docstring)
+        for lane in (BULK, INTERACTIVE):
             self._tags[lane] = await self.link.queues[lane].consume(partial(self._on_message, lane))
         log.info("consuming", queue=self.queue_names[BULK], interactive_queue=self.queue_names[INTERACTIVE])
 
@@ -141,10 +135,6 @@ class Intake(Component):
             log.info("stopped_consuming", queue=self.queue_names[BULK], interactive_queue=self.queue_names[INTERACTIVE])
 
     async def _on_message(self, lane: str, message: AbstractIncomingMessage) -> None:
-        if not self._delivered_since_subscribe:
-            # Newly active: a predecessor may have called the API just before it went away.
-            self._delivered_since_subscribe = True
-            self.limiter.guard()
         task = asyncio.get_running_loop().create_task(process(
             message, lane=lane, queue=self.queue_names[lane], dispatch=self.dispatch, requeuer=self.requeuer))
         self.tasks.add(task)
@@ -160,8 +150,3 @@ class Intake(Component):
         # Every unacked delivery is void: the broker delivers it again, perhaps to another replica.
         if exc is not None and not self._stopping:
             self.drop_in_flight()
-
-    def _on_reconnect(self, *_args) -> None:
-        # Consumers are restored on a new channel: another replica may have been
-        # active meanwhile, so this one counts as newly subscribed.
-        self._delivered_since_subscribe = False

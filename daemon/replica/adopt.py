@@ -70,8 +70,8 @@ async def adopt(view: SharedView, stream: StateStream, journal: Journal, ledger:
             needs_chunks.append(job_id)
     if needs_chunks:
         await _fetch_chunks(view, stream, journal, set(needs_chunks))
-    for job in journal.jobs():  # only here: journaled before it could be shared
-        if job.job_id in view.jobs:
+    for job in journal.jobs():  # only here: journaled before its entry could be shared
+        if (shared := view.jobs.get(job.job_id)) is not None and shared.record is not None:
             continue
         if time.time() - job.created_at > LOCAL_ONLY_MAX_AGE:
             log.warning("batch_job_dropped", job_id=job.job_id, reason="older than the state stream keeps entries")
