@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from daemon.batch.cached import CACHED_NAME, rebuild_parts, take_cached
 from daemon.batch.journal import Job, Part
 from daemon.batch.spool import spool
+from daemon.replica.adopt import read_view
 from daemon.replica.entries import CACHED, DONE, INPUT, JOB, QUOTA, SharedView, chunks, fold
 
 JOB_IDS = st.sampled_from(["a", "b", "c"])
@@ -62,6 +63,32 @@ def test_entries_from_a_newer_version_are_left_alone():
     view = SharedView()
     fold(view, "something-new", {"job_id": "a"}, b"?", 0)
     assert view == SharedView()
+
+
+class StreamOf:
+    """A state stream's read-back, without a broker: these entries, in this order."""
+
+    def __init__(self, entries) -> None:
+        self.entries = entries
+
+    async def read(self, handler, offset="first") -> None:
+        for position, (kind, headers, body) in enumerate(self.entries):
+            handler(kind, headers, body, position)
+
+
+async def test_an_unreadable_entry_is_passed_over_and_the_rest_taken(quiet_logs):
+    view = await read_view(StreamOf([
+        (QUOTA, {}, b"not json"),
+        (JOB, {}, json.dumps({"job_id": "a"}).encode()),  # no job_id header
+        (QUOTA, {}, json.dumps({"day": "2026-11-29"}).encode()),  # no count
+        (JOB, {"job_id": "b"}, b"\xff"),
+        (JOB, {"job_id": "d"}, b"[1, 2]"),  # JSON, but not an object
+        (JOB, {"job_id": "c"}, json.dumps({"job_id": "c", "revision": 2}).encode()),
+        (QUOTA, {}, json.dumps({"day": "2026-11-29", "used": 7}).encode()),
+    ]))
+    assert list(view.jobs) == ["c"] and view.jobs["c"].revision == 2
+    assert view.quota == {"2026-11-29": 7}
+    assert quiet_logs.getvalue().count("state_entry_unreadable") == 5
 
 
 @given(st.binary(max_size=5000), st.integers(1, 700))

@@ -38,8 +38,17 @@ def job_from_record(record: dict) -> Job:
 
 
 async def read_view(stream: StateStream) -> SharedView:
+    """The stream folded into a view. An entry that cannot be read (damaged, or written by
+    hand) is logged and passed over: it must not keep every replica from taking over."""
     view = SharedView()
-    await stream.read(lambda kind, headers, body, offset: fold(view, kind, headers, body, offset))
+
+    def take(kind: str, headers: dict, body: bytes, offset: int) -> None:
+        try:
+            fold(view, kind, headers, body, offset)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("state_entry_unreadable", kind=kind, offset=offset, error=f"{type(exc).__name__}: {exc}"[:200])
+
+    await stream.read(take)
     return view
 
 

@@ -59,10 +59,12 @@ def fold(view: SharedView, kind: str, headers: dict, body: bytes, offset: int) -
         view.jobs.pop(job_id, None)
         view.finished.add(job_id)
         return
+    record = json.loads(body) if kind == JOB else None  # read before anything changes
+    if kind == JOB and not isinstance(record, dict):
+        raise TypeError("a job entry is not a JSON object")
     view.finished.discard(job_id)  # the same request journaled again after it finished
     shared = view.jobs.setdefault(job_id, SharedJob())
-    if kind == JOB:
-        record = json.loads(body)
+    if record is not None:
         if shared.record is None or int(record.get("revision") or 0) >= shared.revision:
             shared.record = record
     elif int(headers.get("seq", 0)) == 0:  # the first chunk of a (re)written file
